@@ -1,0 +1,211 @@
+"""Load a LLaVA-OneVision backbone, or write a tiny random one for offline use.
+
+``load_backbone`` accepts a Hugging Face id (``llava-hf/llava-onevision-qwen2-0.5b-ov-hf``)
+or a local directory holding ``LlavaOnevisionForConditionalGeneration`` weights and a
+``LlavaOnevisionProcessor``. ``build_tiny_backbone`` writes a randomly initialised model of
+the *same classes* plus a tokenizer and processor built locally, so tests and the demo run
+real code paths without network access.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+
+# Qwen-style chat template of the same shape as the one LLaVA-OneVision ships: an image
+# placeholder followed by the text, one ``<|im_start|>role ... <|im_end|>`` block per turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>\n"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class BackboneError(ValueError):
+    """Raised when a backbone id or path does not hold a LLaVA-OneVision checkpoint."""
+
+
+def load_backbone(
+    backbone: str | Path,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
+    """Load a LLaVA-OneVision model and its processor from a hub id or a local directory.
+
+    Args:
+        backbone: Hugging Face id or local directory.
+        dtype: Parameter dtype of the loaded model.
+
+    Raises:
+        BackboneError: The path is missing, or the checkpoint is not LLaVA-OneVision.
+    """
+    path = Path(backbone).expanduser()
+    looks_local = path.exists() or str(backbone).startswith((".", "/", "~")) or str(backbone).count("/") != 1
+    if looks_local:
+        _check_local_checkpoint(path)
+        backbone = str(path)
+    try:
+        config = LlavaOnevisionConfig.from_pretrained(backbone)
+    except (OSError, ValueError) as error:
+        msg = (
+            f"Could not load a LLaVA-OneVision config from '{backbone}': {error}. Expected a Hugging Face id such "
+            "as 'llava-hf/llava-onevision-qwen2-0.5b-ov-hf' or a directory written by save_pretrained."
+        )
+        raise BackboneError(msg) from error
+    if config.model_type != "llava_onevision":
+        msg = f"'{backbone}' holds a '{config.model_type}' model; GenAU needs a 'llava_onevision' checkpoint."
+        raise BackboneError(msg)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(backbone, dtype=dtype)
+    processor = LlavaOnevisionProcessor.from_pretrained(backbone)
+    return model, processor
+
+
+def _check_local_checkpoint(path: Path) -> None:
+    """Fail early, with one message, when a local directory cannot be a checkpoint."""
+    expected = "a directory with config.json (model_type 'llava_onevision'), weights and processor files"
+    if not path.is_dir():
+        msg = f"Backbone path '{path}' does not exist or is not a directory; expected {expected}."
+        raise BackboneError(msg)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        msg = f"Backbone directory '{path}' has no config.json; expected {expected}."
+        raise BackboneError(msg)
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "llava_onevision":
+        msg = f"Backbone directory '{path}' holds model_type '{model_type}'; expected {expected}."
+        raise BackboneError(msg)
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Text the tiny tokenizer is trained on: inspection prompts, answers and object names."""
+    from anomalib_genau.prompts import NORMAL_RESPONSES, PROMPT_TEMPLATES
+    from anomalib_genau.taxonomy import load_taxonomy
+
+    words: set[str] = set()
+    for products in load_taxonomy().values():
+        for product, defects in products.items():
+            words.add(product.replace("_", " "))
+            for original, coarse in defects.items():
+                words.add(str(original).replace("_", " "))
+                words.update(c.replace("_", " ") for c in ([coarse] if isinstance(coarse, str) else coarse))
+    sentences = [template.format(object=word) for template in PROMPT_TEMPLATES for word in sorted(words)]
+    sentences += [response.format(object=word) for response in NORMAL_RESPONSES for word in sorted(words)]
+    return sentences + ["user assistant system You are a helpful assistant."] * 4
+
+
+def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer offline, with Qwen's special tokens and chat template."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+    )
+
+
+def build_tiny_backbone(
+    directory: str | Path,
+    image_size: int = 112,
+    patch_size: int = 8,
+    vision_layers: int = 6,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random-initialised LLaVA-OneVision checkpoint and processor to ``directory``.
+
+    The model uses the classes of the real checkpoints (SigLIP vision tower, Qwen2 decoder,
+    AnyRes ``anyres_max_9`` with pinpoints up to a 3x3 tile grid), at about 1 M parameters.
+
+    Args:
+        directory: Output directory (created).
+        image_size: Side of the global view and of each AnyRes tile, in pixels.
+        patch_size: SigLIP patch size; the global view is a ``image_size / patch_size`` grid.
+        vision_layers: Number of SigLIP layers (``hidden_states`` has one more entry).
+        seed: Seed of the random weights; the same seed writes the same weights.
+
+    Returns:
+        The directory, ready for :func:`load_backbone`.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    pinpoints = [[image_size * rows, image_size * cols] for rows in range(1, 4) for cols in range(1, 4)]
+    image_processor = LlavaOnevisionImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    video_processor = LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size})
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATE,
+    )
+    vision_config = SiglipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        vision_use_head=False,
+    )
+    text_config = Qwen2Config(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=pinpoints,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -1,0 +1,5 @@
+"""GenAU model package."""
+
+from .lightning_model import GenAU
+
+__all__ = ["GenAU"]

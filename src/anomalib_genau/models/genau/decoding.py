@@ -1,0 +1,164 @@
+"""Greedy KV-cached decoding that always ends an answer with ``[SEG_defect] [SEG_normal]``.
+
+transformers' ``generate`` never computes the hidden state of the last token it emits and
+stores every layer's state for every step; GenAU needs exactly the last layer's state of
+the two segmentation tokens, the last of which is the final token. So this module runs the
+model's own forward with its KV cache: prefill once, decode greedily, and each step that
+feeds a token returns that token's final-layer state, the last step being the one extra
+cached step that reads the ``[SEG_normal]`` anchor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import LlavaOnevisionForConditionalGeneration
+
+
+@dataclass
+class DecodeResult:
+    """Output of :func:`decode_with_anchors`.
+
+    Attributes:
+        tokens: ``(B, T)`` generated ids, padded with ``pad_id`` after ``[SEG_normal]``.
+        anchors: ``(B, 2, D)`` final-layer states of ``[SEG_normal]`` (row 0) and ``[SEG_defect]`` (row 1).
+        answer_tokens: Per image, the generated ids before ``[SEG_defect]``.
+        forced: ``(B,)`` bool, True where the tokens had to be appended (budget ran out).
+    """
+
+    tokens: torch.Tensor
+    anchors: torch.Tensor
+    answer_tokens: list[list[int]]
+    forced: torch.Tensor
+
+
+def next_tokens(
+    logits: torch.Tensor,
+    step: int,
+    max_new_tokens: int,
+    seg_defect_id: int,
+    seg_normal_id: int,
+    banned_ids: Sequence[int],
+    emitted_defect: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy choice under the response format ``answer [SEG_defect] [SEG_normal]``.
+
+    The answer may not end the turn (``banned_ids``, e.g. ``<|im_end|>``) nor emit
+    ``[SEG_normal]`` before ``[SEG_defect]``; ``[SEG_normal]`` follows ``[SEG_defect]``
+    at once; if ``[SEG_defect]`` has not come two steps before the budget ends, it is
+    appended (forced), so every image gets both anchors.
+
+    Args:
+        logits: ``(B, V)`` next-token logits.
+        step: Index of the token being chosen, from 0.
+        max_new_tokens: Decoding budget (at least 2).
+        seg_defect_id: Id of ``[SEG_defect]``.
+        seg_normal_id: Id of ``[SEG_normal]``.
+        banned_ids: Ids never chosen inside an answer.
+        emitted_defect: ``(B,)`` bool, ``[SEG_defect]`` already emitted.
+
+    Returns:
+        ``(B,)`` chosen ids and ``(B,)`` bool, True where the choice was forced by the budget.
+    """
+    logits = logits.float().clone()
+    logits[:, list(banned_ids)] = float("-inf")
+    logits[:, seg_normal_id] = float("-inf")
+    chosen = logits.argmax(dim=-1)
+    chosen = torch.where(emitted_defect, torch.full_like(chosen, seg_normal_id), chosen)
+    forced = ~emitted_defect & (chosen != seg_defect_id) & (step >= max_new_tokens - 2)
+    chosen = torch.where(forced, torch.full_like(chosen, seg_defect_id), chosen)
+    return chosen, forced
+
+
+@torch.no_grad()
+def decode_with_anchors(
+    llava: LlavaOnevisionForConditionalGeneration,
+    prefill: dict,
+    seg_ids: tuple[int, int],
+    banned_ids: Sequence[int],
+    pad_id: int,
+    max_new_tokens: int,
+) -> DecodeResult:
+    """Prefill once, decode greedily with the KV cache, and read both anchors.
+
+    Args:
+        llava: The (LoRA-wrapped) LLaVA-OneVision model.
+        prefill: Keyword arguments of the prefill forward: ``input_ids`` ``(B, L)`` left-padded,
+            ``attention_mask`` ``(B, L)``, ``position_ids`` ``(B, L)`` and ``mm_encoder_outputs``.
+        seg_ids: ``([SEG_defect] id, [SEG_normal] id)``.
+        banned_ids: Ids never chosen inside an answer (turn and sequence ends, media tokens).
+        pad_id: Id fed for images that have finished.
+        max_new_tokens: Decoding budget, at least 2.
+    """
+    if max_new_tokens < 2:
+        msg = f"max_new_tokens must be at least 2 to fit both segmentation tokens, got {max_new_tokens}."
+        raise ValueError(msg)
+    seg_defect_id, seg_normal_id = seg_ids
+    output = llava(**prefill, use_cache=True, logits_to_keep=1)
+    cache, logits = output.past_key_values, output.logits[:, -1]
+    attention_mask = prefill["attention_mask"]
+    position = prefill["position_ids"][:, -1]
+    batch = attention_mask.shape[0]
+    emitted_defect = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    finished = torch.zeros_like(emitted_defect)
+    forced_any = torch.zeros_like(emitted_defect)
+    tokens, states = [], []
+    for step in range(max_new_tokens):
+        chosen, forced = next_tokens(logits, step, max_new_tokens, seg_defect_id, seg_normal_id, banned_ids, emitted_defect)
+        chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
+        forced_any |= forced & ~finished
+        tokens.append(chosen)
+        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=1)
+        position = position + 1
+        output = llava(
+            input_ids=chosen[:, None],
+            attention_mask=attention_mask,
+            position_ids=position[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        cache, logits = output.past_key_values, output.logits[:, -1]
+        states.append(output.hidden_states[-1][:, -1])
+        emitted_defect |= (chosen == seg_defect_id) & ~finished
+        finished |= chosen == seg_normal_id
+        if bool(finished.all()):
+            break
+    token_matrix = torch.stack(tokens, dim=1)
+    hidden = torch.stack(states, dim=1)  # (B, T, D)
+    anchors = anchor_states(hidden, token_matrix, seg_ids)
+    answers = []
+    for row in token_matrix.tolist():
+        answers.append(row[: row.index(seg_defect_id)])
+    return DecodeResult(tokens=token_matrix, anchors=anchors, answer_tokens=answers, forced=forced_any)
+
+
+def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int, int]) -> torch.Tensor:
+    """Gather the final-layer states at the last ``[SEG_normal]`` and ``[SEG_defect]`` of each row.
+
+    Args:
+        hidden: ``(B, T, D)`` final-layer states aligned with ``tokens``.
+        tokens: ``(B, T)`` ids.
+        seg_ids: ``([SEG_defect] id, [SEG_normal] id)``.
+
+    Returns:
+        ``(B, 2, D)``: row 0 ``[SEG_normal]``, row 1 ``[SEG_defect]``.
+
+    Raises:
+        ValueError: A row lacks one of the tokens.
+    """
+    seg_defect_id, seg_normal_id = seg_ids
+    positions = []
+    for token_id, name in ((seg_normal_id, "[SEG_normal]"), (seg_defect_id, "[SEG_defect]")):
+        present = tokens == token_id
+        if not bool(present.any(dim=1).all()):
+            missing = (~present.any(dim=1)).nonzero().flatten().tolist()
+            msg = f"Sequences {missing} contain no {name} token: every response must end with [SEG_defect] [SEG_normal]."
+            raise ValueError(msg)
+        # index of the last occurrence in each row
+        index = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        positions.append(torch.where(present, index, -1).amax(dim=1))
+    gather_index = torch.stack(positions, dim=1)  # (B, 2)
+    return hidden.gather(1, gather_index[..., None].expand(-1, -1, hidden.shape[-1]))

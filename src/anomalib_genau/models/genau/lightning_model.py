@@ -1,0 +1,176 @@
+"""GenAU: language-grounded industrial anomaly understanding with a vision-language model.
+
+GenAU fine-tunes LLaVA-OneVision to answer whether, where and what: every answer ends with
+``[SEG_defect] [SEG_normal]``, whose final-layer hidden states are anchors; cosine similarity
+between projected multi-stage SigLIP patch features and the anchors gives the anomaly map,
+and the map maximum is the image score. The answer text rides along in ``explanation``.
+
+Paper: "GenAU: Language-Grounded Industrial Anomaly Understanding with Vision-Language
+Models", arXiv 2607.01049.
+
+Example:
+    >>> from anomalib.engine import Engine
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib_genau import GenAU
+    >>> from anomalib_genau.data import GenAUDataModule
+    >>> datamodule = GenAUDataModule(source=MVTecAD(category="bottle"))  # doctest: +SKIP
+    >>> Engine(max_epochs=1).train(GenAU(), datamodule=datamodule)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPRO, AUROC, F1Score, Evaluator
+from anomalib.models import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
+from torchvision.transforms.v2 import Resize
+from transformers import get_cosine_schedule_with_warmup
+
+from .loss import GenAULoss
+from .torch_model import GenAUModel
+
+
+class GenAU(AnomalibModule):
+    """GenAU anomalib module.
+
+    Args:
+        backbone: Hugging Face id or local directory of a LLaVA-OneVision checkpoint.
+        vision_layers: Vision ``hidden_states`` indices of the readout stages; ``None`` scales
+            the paper's (7, 13, 19, 26) to the backbone's depth.
+        temperature: Similarity temperature (project's choice: 0.07).
+        lora_rank: LoRA rank (project's choice: 8).
+        lora_alpha: LoRA alpha (project's choice: 16).
+        lora_dropout: LoRA dropout (project's choice: 0.05).
+        seg_weight: ``lambda`` of the segmentation loss (1.0, "balanced" in the paper).
+        tversky_alpha: Tversky false-positive weight (project's choice: 0.3).
+        tversky_beta: Tversky false-negative weight (project's choice: 0.7).
+        learning_rate: AdamW learning rate (project's choice: 2e-4), no weight decay.
+        warmup_ratio: Fraction of steps of linear warm-up before the cosine decay (project's
+            choice: 0.03).
+        max_new_tokens: Decoding budget of an answer, segmentation tokens included.
+        default_object: Object name of the prompt for data without a category (``predict``).
+        pre_processor: Pre-processor or flag; the default resizes to 384 x 384 (the
+            LLaVA-OneVision processor does the normalisation and the AnyRes tiling).
+        post_processor: Post-processor or flag.
+        evaluator: Evaluator or flag; the default adds pixel AUPRO to anomalib's metrics.
+        visualizer: Visualizer or flag.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        vision_layers: Sequence[int] | None = None,
+        temperature: float = 0.07,
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        seg_weight: float = 1.0,
+        tversky_alpha: float = 0.3,
+        tversky_beta: float = 0.7,
+        learning_rate: float = 2e-4,
+        warmup_ratio: float = 0.03,
+        max_new_tokens: int = 24,
+        default_object: str = "object",
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = GenAUModel(
+            backbone=backbone,
+            vision_layers=vision_layers,
+            temperature=temperature,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            max_new_tokens=max_new_tokens,
+            default_object=default_object,
+        )
+        self.loss = GenAULoss(seg_weight=seg_weight, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta)
+        self.learning_rate = learning_rate
+        self.warmup_ratio = warmup_ratio
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only: normalisation and tiling belong to the LLaVA-OneVision processor."""
+        return PreProcessor(transform=Resize(image_size or (384, 384), antialias=True))
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """The paper's metrics: image AUROC, pixel AUROC and AUPRO, plus anomalib's F1 scores."""
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        return Evaluator(test_metrics=test_metrics)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Teacher-forced pass; returns the joint loss and logs its two parts."""
+        del args, kwargs
+        responses = getattr(batch, "response", None)
+        if responses is None or batch.gt_mask is None:
+            msg = (
+                "GenAU trains on batches with masks and responses: wrap the data in "
+                "anomalib_genau.data.GenAUDataModule(source=...)."
+            )
+            raise ValueError(msg)
+        output = self.model(batch.image, getattr(batch, "instruction", None), responses)
+        losses = self.loss(output.lm_loss, output.stage_logits, batch.gt_mask)
+        self.log_dict({f"train_{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch.image))
+        return losses["loss"]
+
+    def _inspect(self, batch: Batch) -> Batch:
+        """Inference on a batch: scores, maps and the answer as ``explanation``."""
+        inspection = self.model.inspect(batch.image, getattr(batch, "instruction", None))
+        return batch.update(**inspection.batch._asdict(), explanation=inspection.answers)
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Validation predicts maps and scores, from which the PostProcessor sets thresholds."""
+        del args, kwargs
+        return self._inspect(batch)
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Test predicts maps, scores and answers."""
+        del args, kwargs
+        return self._inspect(batch)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict fills maps, scores and answers (labels and masks come from the PostProcessor)."""
+        del args, kwargs
+        return self._inspect(batch)
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """AdamW without weight decay on the trainable parameters, cosine schedule with warm-up."""
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=0.0)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation: it would decode before training starts."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """``ONE_CLASS`` in anomalib's terms (it trains and validates); GenAU itself learns from
+        the masks and defect types of a source dataset's test split and is zero-shot on the target."""
+        return LearningType.ONE_CLASS

@@ -1,0 +1,78 @@
+"""Anchor-grounded segmentation readout (paper 4.2, Eq. 2-4).
+
+Shapes: ``S`` stages, ``B`` images, ``N = h * w`` patches of one view, ``C`` vision width,
+``D`` decoder width, ``(H, W)`` mask size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+NORMAL, DEFECT = 0, 1  # channel order of the similarity logits and of the anchors
+
+
+class AnchorReadout(nn.Module):
+    """Per-stage linear projections and cosine-similarity logits against the two anchors.
+
+    Args:
+        vision_dim: Width ``C`` of the vision-encoder hidden states.
+        text_dim: Width ``D`` of the decoder hidden states (the anchors).
+        num_stages: Number of vision stages ``S``; each gets its own projection.
+        temperature: Fixed similarity temperature; logits are ``cos / temperature``.
+            0.07 is the project's choice (CLIP's convention): the paper's value is lost.
+    """
+
+    def __init__(self, vision_dim: int, text_dim: int, num_stages: int, temperature: float = 0.07) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Linear(vision_dim, text_dim) for _ in range(num_stages))
+        self.temperature = temperature
+
+    def forward(self, stage_features: Sequence[torch.Tensor], anchors: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Similarity logits of every patch against the (normal, defect) anchors.
+
+        Args:
+            stage_features: ``S`` tensors of shape ``(B, N, C)``, patches in row-major order.
+            anchors: ``(B, 2, D)``, row 0 the ``[SEG_normal]`` and row 1 the ``[SEG_defect]`` state.
+            grid: Patch grid ``(h, w)`` with ``h * w == N``.
+
+        Returns:
+            Logits of shape ``(S, B, 2, h, w)``; channel 0 normal, channel 1 defect.
+        """
+        if len(stage_features) != len(self.projections):
+            msg = f"Expected {len(self.projections)} vision stages, got {len(stage_features)}."
+            raise ValueError(msg)
+        anchors = F.normalize(anchors.float(), dim=-1)
+        logits = []
+        for projection, features in zip(self.projections, stage_features, strict=True):
+            patches = F.normalize(projection(features.to(projection.weight.dtype)).float(), dim=-1)
+            similarity = torch.einsum("bnd,bkd->bkn", patches, anchors) / self.temperature
+            logits.append(similarity.reshape(similarity.shape[0], 2, *grid))
+        return torch.stack(logits)
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly upsample stage logits ``(S, B, 2, h, w)`` to ``(S, B, 2, H, W)``."""
+    stages, batch = logits.shape[:2]
+    upsampled = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+    return upsampled.view(stages, batch, 2, *size)
+
+
+def anomaly_map(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The anomaly map: defect-channel softmax probability, aggregated over stages.
+
+    The paper sums the stage maps; we divide the sum by ``S`` so the map, and its maximum
+    (the image score), stay in ``[0, 1]``. The ranking of pixels and images is unchanged.
+
+    Args:
+        logits: Stage logits ``(S, B, 2, h, w)``.
+        size: Mask size ``(H, W)``.
+
+    Returns:
+        ``(B, 1, H, W)`` map in ``[0, 1]``.
+    """
+    probabilities = upsample_logits(logits, size).softmax(dim=2)
+    return probabilities[:, :, DEFECT].mean(dim=0).unsqueeze(1)

@@ -1,0 +1,267 @@
+"""PyTorch model of GenAU: a LLaVA-OneVision VLM whose segmentation tokens ground a pixel map.
+
+Shapes: ``B`` images of ``(3, H, W)`` in ``[0, 1]``; ``L`` tokens; ``D`` decoder width;
+``C`` vision width; ``S`` vision stages; the global view is an ``h x w`` patch grid
+(``image_size / patch_size`` per side, 27 x 27 for SigLIP-so400m at 384 px).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+from transformers import LlavaOnevisionForConditionalGeneration
+from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+from anomalib_genau.backbone import load_backbone
+from anomalib_genau.prompts import instruction as default_instruction
+
+from .decoding import anchor_states, decode_with_anchors
+from .readout import AnchorReadout, anomaly_map
+from .vlm import add_segmentation_tokens, apply_lora
+
+# Paper default stages for SigLIP-so400m as LLaVA-OneVision keeps it (26 layers): hidden_states
+# indices 7, 13, 19 and the last; other depths scale these fractions.
+PAPER_STAGE_FRACTIONS = (7 / 26, 13 / 26, 19 / 26, 1.0)
+
+
+def resolve_vision_layers(vision_layers: Sequence[int] | None, depth: int) -> list[int]:
+    """Vision ``hidden_states`` indices of the readout stages.
+
+    Args:
+        vision_layers: Explicit indices in ``1..depth`` (``hidden_states[0]`` is the patch
+            embedding, ``hidden_states[depth]`` the last layer before ``post_layernorm``), or
+            ``None`` for the paper's stages scaled to ``depth`` (``(7, 13, 19, 26)`` at 26).
+        depth: Number of SigLIP layers of the backbone.
+    """
+    if vision_layers is None:
+        return [max(1, round(fraction * depth)) for fraction in PAPER_STAGE_FRACTIONS]
+    layers = [depth + 1 + layer if layer < 0 else layer for layer in vision_layers]
+    if not layers or any(not 1 <= layer <= depth for layer in layers):
+        msg = f"vision_layers {list(vision_layers)} must be non-empty indices in 1..{depth} for this backbone."
+        raise ValueError(msg)
+    return layers
+
+
+@dataclass
+class TeacherForcedOutput:
+    """Training pass output: ``lm_loss`` (scalar) and ``stage_logits`` ``(S, B, 2, h, w)``."""
+
+    lm_loss: torch.Tensor
+    stage_logits: torch.Tensor
+
+
+@dataclass
+class Inspection:
+    """Inference output: anomalib's ``InferenceBatch`` plus the decoded answers.
+
+    Attributes:
+        batch: ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, H, W)``, both in ``[0, 1]``.
+        answers: Generated answer per image, without the segmentation tokens.
+        forced: ``(B,)`` bool, True where the segmentation tokens had to be appended.
+    """
+
+    batch: InferenceBatch
+    answers: list[str]
+    forced: torch.Tensor
+
+
+class GenAUModel(nn.Module):
+    """LLaVA-OneVision with ``[SEG_defect]``/``[SEG_normal]`` anchors and a multi-stage readout.
+
+    Args:
+        backbone: Hugging Face id or local directory of a LLaVA-OneVision checkpoint.
+        vision_layers: Vision stages of the readout; ``None`` scales the paper's four stages.
+        temperature: Similarity temperature (project's choice: 0.07).
+        lora_rank: LoRA rank (project's choice: 8).
+        lora_alpha: LoRA alpha (project's choice: 16).
+        lora_dropout: LoRA dropout (project's choice: 0.05).
+        max_new_tokens: Decoding budget of an answer, segmentation tokens included.
+        default_object: Object name of the prompt when a batch carries no instruction.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        vision_layers: Sequence[int] | None = None,
+        temperature: float = 0.07,
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        max_new_tokens: int = 24,
+        default_object: str = "object",
+    ) -> None:
+        super().__init__()
+        llava, self.processor = load_backbone(backbone)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.seg_ids = add_segmentation_tokens(llava, self.tokenizer)
+        self.vlm = apply_lora(llava, list(self.seg_ids), rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+        vision_config = llava.config.vision_config
+        self.vision_layers = resolve_vision_layers(vision_layers, vision_config.num_hidden_layers)
+        self.readout = AnchorReadout(
+            vision_config.hidden_size, llava.config.text_config.hidden_size, len(self.vision_layers), temperature
+        )
+        self.grid = (vision_config.image_size // vision_config.patch_size,) * 2
+        self.max_new_tokens = max_new_tokens
+        self.default_object = default_object
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.banned_ids = [i for i in self.tokenizer.all_special_ids if i not in self.seg_ids]
+
+    @property
+    def llava(self) -> LlavaOnevisionForConditionalGeneration:
+        """The LLaVA-OneVision model, with the LoRA layers injected."""
+        return self.vlm.get_base_model()
+
+    def encode(self, images: torch.Tensor, instructions: Sequence[str] | None) -> dict[str, torch.Tensor]:
+        """Chat-render the instructions and run the LLaVA-OneVision processor.
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]`` (``(B, 1, H, W)`` is repeated to RGB).
+            instructions: One instruction per image, or ``None`` for the canonical prompt on
+                ``default_object``.
+
+        Returns:
+            ``input_ids`` / ``attention_mask`` ``(B, L)`` left-padded, ``pixel_values``
+            ``(B, P, 3, s, s)`` (``P`` views: global first, then AnyRes tiles) and
+            ``image_sizes`` ``(B, 2)``.
+        """
+        if images.ndim != 4 or images.shape[1] not in {1, 3}:
+            msg = f"GenAU expects images of shape (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}."
+            raise ValueError(msg)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        if instructions is None:
+            instructions = [default_instruction(self.default_object)] * images.shape[0]
+        if len(instructions) != images.shape[0]:
+            msg = f"Got {len(instructions)} instructions for {images.shape[0]} images."
+            raise ValueError(msg)
+        prompts = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for text in instructions
+        ]
+        encoded = self.processor(
+            images=list(images.detach().float().clamp(0, 1).cpu()),
+            text=prompts,
+            return_tensors="pt",
+            padding=True,
+            do_rescale=False,
+        )
+        device = self.readout.projections[0].weight.device
+        return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+
+    def vision_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> tuple[object, list[torch.Tensor]]:
+        """Run the vision tower once for both pathways.
+
+        Returns:
+            The encoder output to pass as ``mm_encoder_outputs["image"]`` (LLM-space features
+            packed per image) and, per stage, the global view's patch features ``(B, h*w, C)``.
+        """
+        llava = self.llava
+        frozen = not any(p.requires_grad for p in llava.model.vision_tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            encoded = llava.model.get_image_features(
+                pixel_values.to(llava.dtype), image_sizes, output_hidden_states=True, return_dict=True
+            )
+        config = llava.config
+        patches_per_image = [
+            image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+            for size in image_sizes.tolist()
+        ]
+        global_rows = torch.tensor([0, *patches_per_image[:-1]], device=pixel_values.device).cumsum(0)
+        stages = [encoded.hidden_states[layer][global_rows] for layer in self.vision_layers]
+        return encoded, stages
+
+    @staticmethod
+    def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+        """Positions that skip padding, so left and right padding give the same states."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def response_ids(self, response: str) -> list[int]:
+        """Token ids of one training response, closed with the end-of-turn token.
+
+        Raises:
+            ValueError: The response does not end with ``[SEG_defect] [SEG_normal]``.
+        """
+        ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        if ids[-2:] != list(self.seg_ids):
+            msg = f"Response {response!r} must end with '[SEG_defect] [SEG_normal]' (GenAU reads its anchors there)."
+            raise ValueError(msg)
+        return [*ids, self.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    def teacher_forced(
+        self, images: torch.Tensor, instructions: Sequence[str] | None, responses: Sequence[str]
+    ) -> TeacherForcedOutput:
+        """One teacher-forced pass: LM loss on the response tokens and the stage logits.
+
+        The prompt (left-padded, image tokens included) is masked out of the labels; each
+        response is appended after its prompt and right-padded.
+        """
+        encoded = self.encode(images, instructions)
+        prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
+        response_ids = [self.response_ids(text) for text in responses]
+        width = max(len(ids) for ids in response_ids)
+        appended = torch.full((len(response_ids), width), self.pad_id, dtype=torch.long)
+        appended_mask = torch.zeros_like(appended)
+        for row, ids in enumerate(response_ids):
+            appended[row, : len(ids)] = torch.tensor(ids)
+            appended_mask[row, : len(ids)] = 1
+        appended, appended_mask = appended.to(prompt_ids.device), appended_mask.to(prompt_ids.device)
+        input_ids = torch.cat([prompt_ids, appended], dim=1)
+        attention_mask = torch.cat([prompt_mask, appended_mask], dim=1)
+        labels = torch.cat([torch.full_like(prompt_ids, -100), appended.masked_fill(appended_mask == 0, -100)], dim=1)
+        vision, stages = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        output = self.llava(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=self.position_ids(attention_mask),
+            mm_encoder_outputs={"image": vision},
+            labels=labels,
+            output_hidden_states=True,
+        )
+        anchors = anchor_states(output.hidden_states[-1], input_ids, self.seg_ids)
+        return TeacherForcedOutput(lm_loss=output.loss, stage_logits=self.readout(stages, anchors, self.grid))
+
+    @torch.no_grad()
+    def inspect(self, images: torch.Tensor, instructions: Sequence[str] | None = None) -> Inspection:
+        """Answer, read the anchors and the anomaly map: the inference path.
+
+        Decoding is greedy with the KV cache; if the model has not emitted
+        ``[SEG_defect] [SEG_normal]`` within ``max_new_tokens``, the two tokens are appended
+        (``Inspection.forced`` says where), so every image gets a map.
+        """
+        encoded = self.encode(images, instructions)
+        vision, stages = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        prefill = {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "position_ids": self.position_ids(encoded["attention_mask"]),
+            "mm_encoder_outputs": {"image": vision},
+        }
+        decoded = decode_with_anchors(self.llava, prefill, self.seg_ids, self.banned_ids, self.pad_id, self.max_new_tokens)
+        logits = self.readout(stages, decoded.anchors, self.grid)
+        maps = anomaly_map(logits, tuple(images.shape[-2:]))
+        answers = [text.strip() for text in self.tokenizer.batch_decode(decoded.answer_tokens, skip_special_tokens=True)]
+        batch = InferenceBatch(pred_score=maps.flatten(1).amax(dim=1), anomaly_map=maps)
+        return Inspection(batch=batch, answers=answers, forced=decoded.forced)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        instructions: Sequence[str] | None = None,
+        responses: Sequence[str] | None = None,
+    ) -> TeacherForcedOutput | InferenceBatch:
+        """Teacher-forced pass in training mode; an ``InferenceBatch`` in eval mode."""
+        if self.training:
+            if responses is None:
+                msg = "GenAU training needs one response per image (the datamodule provides them)."
+                raise ValueError(msg)
+            return self.teacher_forced(images, instructions, responses)
+        return self.inspect(images, instructions).batch

@@ -1,0 +1,82 @@
+"""Prepare a LLaVA-OneVision backbone for GenAU: segmentation tokens, LoRA, frozen parts."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tokenizers import AddedToken
+from transformers import LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerBase
+
+from anomalib_genau.prompts import SEG_DEFECT, SEG_NORMAL
+
+# LoRA goes on the decoder's linear layers only; a plain list of names would also hit
+# SigLIP's q/k/v projections.
+LLM_LINEAR_LAYERS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def add_segmentation_tokens(
+    model: LlavaOnevisionForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int = 0,
+) -> tuple[int, int]:
+    """Add ``[SEG_defect]`` and ``[SEG_normal]`` and give them fresh embedding rows.
+
+    The embedding matrix grows only when the tokenizer outgrows it (Qwen2 checkpoints carry
+    spare rows). New rows start at the mean embedding plus noise of the embeddings' spread,
+    so the two tokens differ from the start.
+
+    Returns:
+        ``([SEG_defect] id, [SEG_normal] id)``.
+    """
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False, lstrip=True) for t in (SEG_DEFECT, SEG_NORMAL)],
+                         special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids([SEG_DEFECT, SEG_NORMAL])
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        known = embeddings[: min(ids)].float()
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(len(ids), embeddings.shape[1], generator=generator)
+        embeddings[ids] = (known.mean(0) + noise * known.std(0)).to(embeddings.dtype)
+        output = model.get_output_embeddings().weight
+        if output.data_ptr() != embeddings.data_ptr():
+            output[ids] = (output[: min(ids)].float().mean(0) + noise * output[: min(ids)].float().std(0)).to(output.dtype)
+    return ids[0], ids[1]
+
+
+def apply_lora(
+    model: LlavaOnevisionForConditionalGeneration,
+    token_ids: list[int],
+    rank: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+) -> PeftModel:
+    """Wrap with rank-stabilised LoRA on the decoder; train the new token rows and decoder norms.
+
+    Everything else stays frozen: the vision tower, the multimodal projector, ``image_newline``
+    and the old embedding / LM-head rows (peft's ``trainable_token_indices`` trains a delta of
+    the listed rows only, so the base rows stay bit-identical).
+
+    Args:
+        model: LLaVA-OneVision model with the segmentation tokens already added.
+        token_ids: Ids of the new tokens.
+        rank: LoRA rank (project's choice: 8).
+        alpha: LoRA alpha (project's choice: 16).
+        dropout: LoRA dropout (project's choice: 0.05).
+    """
+    tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    token_targets = {"embed_tokens": token_ids} if tied else {"embed_tokens": token_ids, "lm_head": token_ids}
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        use_rslora=True,
+        target_modules=LLM_LINEAR_LAYERS,
+        trainable_token_indices=token_targets,
+    )
+    peft_model = get_peft_model(model, config)
+    for name, parameter in peft_model.named_parameters():
+        if ".language_model." in name and "norm" in name:
+            parameter.requires_grad_(True)
+    return peft_model
