@@ -57,8 +57,9 @@ class GenAU(AnomalibModule):
             choice: 0.03).
         max_new_tokens: Decoding budget of an answer, segmentation tokens included.
         default_object: Object name of the prompt for data without a category (``predict``).
-        pre_processor: Pre-processor or flag; the default resizes to 384 x 384 (the
-            LLaVA-OneVision processor does the normalisation and the AnyRes tiling).
+        pre_processor: Pre-processor or flag; the default resizes to the backbone's tile size
+            (384 x 384 for the real checkpoints); the LLaVA-OneVision processor does the
+            normalisation and the AnyRes tiling.
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag; the default adds pixel AUPRO to anomalib's metrics.
         visualizer: Visualizer or flag.
@@ -84,8 +85,9 @@ class GenAU(AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        # The default pre-processor's size comes from the backbone, which loads below.
         super().__init__(
-            pre_processor=pre_processor,
+            pre_processor=False if pre_processor is True else pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
@@ -100,6 +102,8 @@ class GenAU(AnomalibModule):
             max_new_tokens=max_new_tokens,
             default_object=default_object,
         )
+        if pre_processor is True:
+            self.pre_processor = self.configure_pre_processor((self.model.tile_size,) * 2)
         self.loss = GenAULoss(seg_weight=seg_weight, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta)
         self.learning_rate = learning_rate
         self.warmup_ratio = warmup_ratio

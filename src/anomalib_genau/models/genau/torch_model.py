@@ -105,6 +105,7 @@ class GenAUModel(nn.Module):
         self.readout = AnchorReadout(
             vision_config.hidden_size, llava.config.text_config.hidden_size, len(self.vision_layers), temperature
         )
+        self.tile_size = vision_config.image_size
         self.grid = (vision_config.image_size // vision_config.patch_size,) * 2
         self.max_new_tokens = max_new_tokens
         self.default_object = default_object
