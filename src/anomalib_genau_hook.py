@@ -1,8 +1,11 @@
-"""Lazy import hook: import ``anomalib_genau`` right after ``anomalib.models``.
+"""Register GenAU with anomalib lazily: import ``anomalib_genau`` right after ``anomalib.models``.
 
-Loaded at start-up by ``anomalib_genau_hook.pth``. Must stay tiny: it imports
-only ``sys``/``os`` (both already loaded by ``site``), never torch/anomalib.
-Set ``ANOMALIB_GENAU_DISABLE_HOOK=1`` to disable.
+A one-line ``anomalib_genau_hook.pth`` imports this module at interpreter start-up. It
+imports nothing but ``sys`` and ``os`` (both already loaded by ``site``) and puts a finder on
+``sys.meta_path`` that waits for ``anomalib.models``; once that module has fully executed,
+``anomalib_genau`` is imported, which defines ``GenAU(AnomalibModule)``, so anomalib's
+registry (``AnomalibModule.__subclasses__()``) and its CLI find it. Set
+``ANOMALIB_GENAU_DISABLE_HOOK=1`` to turn the hook off.
 """
 
 import os
@@ -10,46 +13,43 @@ import sys
 
 _TARGET = "anomalib.models"
 _PLUGIN = "anomalib_genau"
-_fired = False
+_state = {"fired": False}
 
 
-def _fire(module):
-    global _fired
-    if _fired:
+def _fire(module: object) -> None:
+    """Import the plugin once; a failure warns instead of breaking ``import anomalib.models``."""
+    if _state["fired"]:
         return
-    _fired = True  # set first: guards against recursion and a second firing
+    _state["fired"] = True  # set first: guards against recursion and a second firing
     _uninstall()
-    # importlib sets ``anomalib.models`` on the parent package only after
-    # exec_module returns; set it now so ``import anomalib.models`` +
-    # attribute access works inside the plugin.
     parent = sys.modules.get("anomalib")
+    # importlib binds anomalib.models on its parent only after exec_module returns
     if parent is not None and getattr(parent, "models", None) is not module:
-        setattr(parent, "models", module)
+        parent.models = module
     try:
         __import__(_PLUGIN)
-    except Exception as exc:  # never break the user's ``import anomalib.models``
+    except Exception as error:
         import warnings
 
         warnings.warn(
-            f"anomalib_genau_hook: could not import {_PLUGIN!r} ({type(exc).__name__}: {exc}); "
-            "model 'GenAU' will not be registered.",
+            f"anomalib_genau_hook: could not import {_PLUGIN!r} ({type(error).__name__}: {error}); "
+            "model 'GenAU' is not registered.",
             RuntimeWarning,
             stacklevel=2,
         )
 
 
 class _AnomalibModelsFinder:
-    """Meta-path finder that only intercepts ``anomalib.models``."""
+    """Meta-path finder that wraps the loader of ``anomalib.models`` to fire after it runs."""
 
     @classmethod
-    def find_spec(cls, fullname, path=None, target=None):
-        if fullname != _TARGET or _fired:
+    def find_spec(cls, fullname: str, path: object = None, target: object = None) -> object:
+        """Find ``anomalib.models`` with the other finders and wrap its ``exec_module``."""
+        if fullname != _TARGET or _state["fired"]:
             return None
-        for finder in sys.meta_path:  # delegate to the normal finders
-            if finder is cls:
-                continue
+        for finder in sys.meta_path:
             find_spec = getattr(finder, "find_spec", None)
-            if find_spec is None:
+            if finder is cls or find_spec is None:
                 continue
             spec = find_spec(fullname, path, target)
             if spec is not None:
@@ -57,41 +57,34 @@ class _AnomalibModelsFinder:
         else:
             return None
         loader = spec.loader
-        orig_exec = getattr(loader, "exec_module", None)
-        if orig_exec is None:
+        original_exec = getattr(loader, "exec_module", None)
+        if original_exec is None:
             return spec
 
-        def exec_module(module):
+        def exec_module(module: object) -> None:
             try:
-                orig_exec(module)  # run anomalib/models/__init__.py fully
+                original_exec(module)
             finally:
-                try:
-                    del loader.exec_module  # restore the class method
-                except AttributeError:
-                    pass
-            if module.__name__ == _TARGET:
+                vars(loader).pop("exec_module", None)  # restore the class's method
+            if getattr(module, "__name__", None) == _TARGET:
                 _fire(module)
 
-        # Patch the (per-module) loader instance rather than wrapping it, so
-        # __loader__/spec.loader keep their real type (resources, inspect...).
-        loader.exec_module = exec_module
+        loader.exec_module = exec_module  # patch this module's loader instance only
         return spec
 
 
-def _uninstall():
-    try:
+def _uninstall() -> None:
+    if _AnomalibModelsFinder in sys.meta_path:
         sys.meta_path.remove(_AnomalibModelsFinder)
-    except ValueError:
-        pass
 
 
-def install():
+def install() -> None:
+    """Put the finder on ``sys.meta_path`` (or fire at once if anomalib.models is loaded)."""
     if os.environ.get("ANOMALIB_GENAU_DISABLE_HOOK"):
         return
-    if _TARGET in sys.modules:  # already imported (e.g. hook imported late)
+    if _TARGET in sys.modules:
         _fire(sys.modules[_TARGET])
-        return
-    if _AnomalibModelsFinder not in sys.meta_path:
+    elif _AnomalibModelsFinder not in sys.meta_path:
         sys.meta_path.insert(0, _AnomalibModelsFinder)
 
 

@@ -25,6 +25,9 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from anomalib_genau.prompts import NORMAL_RESPONSES, PROMPT_TEMPLATES
+from anomalib_genau.taxonomy import load_taxonomy
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 # Qwen-style chat template of the same shape as the one LLaVA-OneVision ships: an image
@@ -56,6 +59,7 @@ def load_backbone(
 
     Raises:
         BackboneError: The path is missing, or the checkpoint is not LLaVA-OneVision.
+
     """
     path = Path(backbone).expanduser()
     looks_local = path.exists() or str(backbone).startswith((".", "/", "~")) or str(backbone).count("/") != 1
@@ -96,9 +100,6 @@ def _check_local_checkpoint(path: Path) -> None:
 
 def _tokenizer_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: inspection prompts, answers and object names."""
-    from anomalib_genau.prompts import NORMAL_RESPONSES, PROMPT_TEMPLATES
-    from anomalib_genau.taxonomy import load_taxonomy
-
     words: set[str] = set()
     for products in load_taxonomy().values():
         for product, defects in products.items():
@@ -154,6 +155,7 @@ def build_tiny_backbone(
 
     Returns:
         The directory, ready for :func:`load_backbone`.
+
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -75,8 +75,13 @@ def demo(args: argparse.Namespace) -> None:
     train_seconds = time.perf_counter() - start
     trained = engine.test(model=model, datamodule=datamodule)[0]
     results = Path(engine.trainer.default_root_dir)
-    summary = {"untrained": untrained, "trained": trained, "train_seconds": train_seconds,
-               "steps": engine.trainer.global_step, "results": str(results)}
+    summary = {
+        "untrained": untrained,
+        "trained": trained,
+        "train_seconds": train_seconds,
+        "steps": engine.trainer.global_step,
+        "results": str(results),
+    }
     (results / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{'metric':<16}{'untrained':>12}{'trained':>12}")
     for key in sorted(trained):

@@ -34,8 +34,10 @@ def load_taxonomy() -> dict[str, dict[str, dict[str, list[str]]]]:
     raw = yaml.safe_load(text)
     return {
         dataset: {
-            product: {normalize_name(name): [coarse] if isinstance(coarse, str) else list(coarse)
-                      for name, coarse in defects.items()}
+            product: {
+                normalize_name(name): [coarse] if isinstance(coarse, str) else list(coarse)
+                for name, coarse in defects.items()
+            }
             for product, defects in products.items()
         }
         for dataset, products in raw.items()
@@ -66,6 +68,7 @@ def defect_types(dataset: str | None, product: str, defect_name: str) -> list[st
 
     Raises:
         UnknownDefectError: ``product`` is in the taxonomy but ``defect_name`` is not.
+
     """
     name = normalize_name(defect_name)
     if name in NORMAL_NAMES:

@@ -33,6 +33,7 @@ class InstructionDataset(Dataset):
         category: Product name; ``None`` takes the dataset's ``category`` attribute.
         paraphrase_seed: Seed of per-sample paraphrased instructions; ``None`` uses the
             canonical instruction (evaluation).
+
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class GenAUDataModule(AnomalibDataModule):
         num_workers: DataLoader workers.
         augmentations: Transforms applied to every split before the model's pre-processor.
         seed: Seed of the split and of the instruction paraphrases.
+
     """
 
     def __init__(

@@ -59,8 +59,9 @@ def _blob(draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, rng: Rng, size: 
     mask.ellipse(box, fill=255)
 
 
-def _line(draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, rng: Rng, size: int, fill: tuple[int, ...],
-          width: int) -> None:
+def _line(
+    draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, rng: Rng, size: int, fill: tuple[int, ...], width: int
+) -> None:
     start = rng.uniform(0.15, 0.45, size=2) * size
     angle = rng.uniform(0, np.pi)
     length = rng.uniform(0.35, 0.5) * size
@@ -116,6 +117,7 @@ def generate_mvtec_dataset(
 
     Returns:
         ``root`` as a ``Path``.
+
     """
     root = Path(root)
     for category_index, (category, defects) in enumerate(categories.items()):

@@ -1,0 +1,1 @@
+"""Package data: the defect taxonomy."""

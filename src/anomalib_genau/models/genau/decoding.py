@@ -26,6 +26,7 @@ class DecodeResult:
         anchors: ``(B, 2, D)`` final-layer states of ``[SEG_normal]`` (row 0) and ``[SEG_defect]`` (row 1).
         answer_tokens: Per image, the generated ids before ``[SEG_defect]``.
         forced: ``(B,)`` bool, True where the tokens had to be appended (budget ran out).
+
     """
 
     tokens: torch.Tensor
@@ -61,6 +62,7 @@ def next_tokens(
 
     Returns:
         ``(B,)`` chosen ids and ``(B,)`` bool, True where the choice was forced by the budget.
+
     """
     logits = logits.float().clone()
     logits[:, list(banned_ids)] = float("-inf")
@@ -91,6 +93,7 @@ def decode_with_anchors(
         banned_ids: Ids never chosen inside an answer (turn and sequence ends, media tokens).
         pad_id: Id fed for images that have finished.
         max_new_tokens: Decoding budget, at least 2.
+
     """
     if max_new_tokens < 2:
         msg = f"max_new_tokens must be at least 2 to fit both segmentation tokens, got {max_new_tokens}."
@@ -106,7 +109,9 @@ def decode_with_anchors(
     forced_any = torch.zeros_like(emitted_defect)
     tokens, states = [], []
     for step in range(max_new_tokens):
-        chosen, forced = next_tokens(logits, step, max_new_tokens, seg_defect_id, seg_normal_id, banned_ids, emitted_defect)
+        chosen, forced = next_tokens(
+            logits, step, max_new_tokens, seg_defect_id, seg_normal_id, banned_ids, emitted_defect
+        )
         chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
         forced_any |= forced & ~finished
         tokens.append(chosen)
@@ -148,6 +153,7 @@ def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int
 
     Raises:
         ValueError: A row lacks one of the tokens.
+
     """
     seg_defect_id, seg_normal_id = seg_ids
     positions = []
@@ -155,7 +161,9 @@ def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int
         present = tokens == token_id
         if not bool(present.any(dim=1).all()):
             missing = (~present.any(dim=1)).nonzero().flatten().tolist()
-            msg = f"Sequences {missing} contain no {name} token: every response must end with [SEG_defect] [SEG_normal]."
+            msg = (
+                f"Sequences {missing} contain no {name} token: every response must end with [SEG_defect] [SEG_normal]."
+            )
             raise ValueError(msg)
         # index of the last occurrence in each row
         index = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)

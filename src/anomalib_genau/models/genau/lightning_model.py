@@ -15,6 +15,7 @@ Example:
     >>> from anomalib_genau.data import GenAUDataModule
     >>> datamodule = GenAUDataModule(source=MVTecAD(category="bottle"))  # doctest: +SKIP
     >>> Engine(max_epochs=1).train(GenAU(), datamodule=datamodule)  # doctest: +SKIP
+
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUPRO, AUROC, F1Score, Evaluator
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -63,6 +64,7 @@ class GenAU(AnomalibModule):
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag; the default adds pixel AUPRO to anomalib's metrics.
         visualizer: Visualizer or flag.
+
     """
 
     def __init__(
@@ -175,6 +177,9 @@ class GenAU(AnomalibModule):
 
     @property
     def learning_type(self) -> LearningType:
-        """``ONE_CLASS`` in anomalib's terms (it trains and validates); GenAU itself learns from
-        the masks and defect types of a source dataset's test split and is zero-shot on the target."""
+        """``ONE_CLASS`` in anomalib's terms, so that anomalib trains and validates it.
+
+        GenAU itself learns from the masks and defect types of a source dataset's test split
+        and is zero-shot on the target.
+        """
         return LearningType.ONE_CLASS

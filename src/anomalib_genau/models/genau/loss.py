@@ -9,7 +9,9 @@ from torch import nn
 from .readout import DEFECT, NORMAL, upsample_logits
 
 
-def tversky_loss(probability: torch.Tensor, target: torch.Tensor, alpha: float, beta: float, smooth: float = 1.0) -> torch.Tensor:
+def tversky_loss(
+    probability: torch.Tensor, target: torch.Tensor, alpha: float, beta: float, smooth: float = 1.0
+) -> torch.Tensor:
     """Binary Tversky loss of one probability channel, per image, averaged over the batch.
 
     Written here because kornia's ``tversky_loss`` averages the index over the classes
@@ -23,6 +25,7 @@ def tversky_loss(probability: torch.Tensor, target: torch.Tensor, alpha: float, 
         alpha: Weight of false positives.
         beta: Weight of false negatives.
         smooth: Additive smoothing of numerator and denominator.
+
     """
     dims = (1, 2)
     true_positive = (probability * target).sum(dims)
@@ -50,6 +53,7 @@ class GenAULoss(nn.Module):
         focal_gamma: Focal ``gamma`` (project's choice: 2.0).
         tversky_alpha: Tversky false-positive weight (project's choice: 0.3).
         tversky_beta: Tversky false-negative weight (project's choice: 0.7).
+
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class GenAULoss(nn.Module):
         Args:
             stage_logits: ``(S, B, 2, h, w)`` similarity logits.
             masks: ``(B, H, W)`` binary ground truth; all-zero for normal images.
+
         """
         target = (masks > 0).long()
         logits = upsample_logits(stage_logits, tuple(masks.shape[-2:]))
@@ -80,11 +85,19 @@ class GenAULoss(nn.Module):
         for stage in logits:  # (B, 2, H, W)
             probabilities = stage.softmax(dim=1)
             total = total + focal_loss(stage, target, self.focal_alpha, self.focal_gamma, reduction="mean")
-            total = total + tversky_loss(probabilities[:, DEFECT], target.float(), self.tversky_alpha, self.tversky_beta)
+            total = total + tversky_loss(
+                probabilities[:, DEFECT], target.float(), self.tversky_alpha, self.tversky_beta
+            )
             total = total + dice_loss(probabilities[:, NORMAL], 1.0 - target.float())
         return total
 
-    def forward(self, lm_loss: torch.Tensor, stage_logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, lm_loss: torch.Tensor, stage_logits: torch.Tensor, masks: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Return ``{"loss", "lm_loss", "seg_loss"}``; ``loss`` is the one to back-propagate."""
         seg_loss = self.segmentation(stage_logits, masks)
-        return {"loss": lm_loss + self.seg_weight * seg_loss, "lm_loss": lm_loss.detach(), "seg_loss": seg_loss.detach()}
+        return {
+            "loss": lm_loss + self.seg_weight * seg_loss,
+            "lm_loss": lm_loss.detach(),
+            "seg_loss": seg_loss.detach(),
+        }

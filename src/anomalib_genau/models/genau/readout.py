@@ -24,6 +24,7 @@ class AnchorReadout(nn.Module):
         num_stages: Number of vision stages ``S``; each gets its own projection.
         temperature: Fixed similarity temperature; logits are ``cos / temperature``.
             0.07 is the project's choice (CLIP's convention): the paper's value is lost.
+
     """
 
     def __init__(self, vision_dim: int, text_dim: int, num_stages: int, temperature: float = 0.07) -> None:
@@ -31,7 +32,9 @@ class AnchorReadout(nn.Module):
         self.projections = nn.ModuleList(nn.Linear(vision_dim, text_dim) for _ in range(num_stages))
         self.temperature = temperature
 
-    def forward(self, stage_features: Sequence[torch.Tensor], anchors: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, stage_features: Sequence[torch.Tensor], anchors: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
         """Similarity logits of every patch against the (normal, defect) anchors.
 
         Args:
@@ -41,6 +44,7 @@ class AnchorReadout(nn.Module):
 
         Returns:
             Logits of shape ``(S, B, 2, h, w)``; channel 0 normal, channel 1 defect.
+
         """
         if len(stage_features) != len(self.projections):
             msg = f"Expected {len(self.projections)} vision stages, got {len(stage_features)}."
@@ -73,6 +77,7 @@ def anomaly_map(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     Returns:
         ``(B, 1, H, W)`` map in ``[0, 1]``.
+
     """
     probabilities = upsample_logits(logits, size).softmax(dim=2)
     return probabilities[:, :, DEFECT].mean(dim=0).unsqueeze(1)

@@ -36,6 +36,7 @@ def resolve_vision_layers(vision_layers: Sequence[int] | None, depth: int) -> li
             embedding, ``hidden_states[depth]`` the last layer before ``post_layernorm``), or
             ``None`` for the paper's stages scaled to ``depth`` (``(7, 13, 19, 26)`` at 26).
         depth: Number of SigLIP layers of the backbone.
+
     """
     if vision_layers is None:
         return [max(1, round(fraction * depth)) for fraction in PAPER_STAGE_FRACTIONS]
@@ -62,6 +63,7 @@ class Inspection:
         batch: ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, H, W)``, both in ``[0, 1]``.
         answers: Generated answer per image, without the segmentation tokens.
         forced: ``(B,)`` bool, True where the segmentation tokens had to be appended.
+
     """
 
     batch: InferenceBatch
@@ -81,6 +83,7 @@ class GenAUModel(nn.Module):
         lora_dropout: LoRA dropout (project's choice: 0.05).
         max_new_tokens: Decoding budget of an answer, segmentation tokens included.
         default_object: Object name of the prompt when a batch carries no instruction.
+
     """
 
     def __init__(
@@ -109,7 +112,9 @@ class GenAUModel(nn.Module):
         self.grid = (vision_config.image_size // vision_config.patch_size,) * 2
         self.max_new_tokens = max_new_tokens
         self.default_object = default_object
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        )
         self.banned_ids = [i for i in self.tokenizer.all_special_ids if i not in self.seg_ids]
 
     @property
@@ -129,6 +134,7 @@ class GenAUModel(nn.Module):
             ``input_ids`` / ``attention_mask`` ``(B, L)`` left-padded, ``pixel_values``
             ``(B, P, 3, s, s)`` (``P`` views: global first, then AnyRes tiles) and
             ``image_sizes`` ``(B, 2)``.
+
         """
         if images.ndim != 4 or images.shape[1] not in {1, 3}:
             msg = f"GenAU expects images of shape (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}."
@@ -158,12 +164,15 @@ class GenAUModel(nn.Module):
         device = self.readout.projections[0].weight.device
         return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
 
-    def vision_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> tuple[object, list[torch.Tensor]]:
+    def vision_features(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[object, list[torch.Tensor]]:
         """Run the vision tower once for both pathways.
 
         Returns:
             The encoder output to pass as ``mm_encoder_outputs["image"]`` (LLM-space features
             packed per image) and, per stage, the global view's patch features ``(B, h*w, C)``.
+
         """
         llava = self.llava
         frozen = not any(p.requires_grad for p in llava.model.vision_tower.parameters())
@@ -190,6 +199,7 @@ class GenAUModel(nn.Module):
 
         Raises:
             ValueError: The response does not end with ``[SEG_defect] [SEG_normal]``.
+
         """
         ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
         if ids[-2:] != list(self.seg_ids):
@@ -246,10 +256,14 @@ class GenAUModel(nn.Module):
             "position_ids": self.position_ids(encoded["attention_mask"]),
             "mm_encoder_outputs": {"image": vision},
         }
-        decoded = decode_with_anchors(self.llava, prefill, self.seg_ids, self.banned_ids, self.pad_id, self.max_new_tokens)
+        decoded = decode_with_anchors(
+            self.llava, prefill, self.seg_ids, self.banned_ids, self.pad_id, self.max_new_tokens
+        )
         logits = self.readout(stages, decoded.anchors, self.grid)
         maps = anomaly_map(logits, tuple(images.shape[-2:]))
-        answers = [text.strip() for text in self.tokenizer.batch_decode(decoded.answer_tokens, skip_special_tokens=True)]
+        answers = [
+            text.strip() for text in self.tokenizer.batch_decode(decoded.answer_tokens, skip_special_tokens=True)
+        ]
         batch = InferenceBatch(pred_score=maps.flatten(1).amax(dim=1), anomaly_map=maps)
         return Inspection(batch=batch, answers=answers, forced=decoded.forced)
 

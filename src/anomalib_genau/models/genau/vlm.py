@@ -27,9 +27,12 @@ def add_segmentation_tokens(
 
     Returns:
         ``([SEG_defect] id, [SEG_normal] id)``.
+
     """
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False, lstrip=True) for t in (SEG_DEFECT, SEG_NORMAL)],
-                         special_tokens=True)
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False, lstrip=True) for t in (SEG_DEFECT, SEG_NORMAL)],
+        special_tokens=True,
+    )
     ids = tokenizer.convert_tokens_to_ids([SEG_DEFECT, SEG_NORMAL])
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -41,7 +44,9 @@ def add_segmentation_tokens(
         embeddings[ids] = (known.mean(0) + noise * known.std(0)).to(embeddings.dtype)
         output = model.get_output_embeddings().weight
         if output.data_ptr() != embeddings.data_ptr():
-            output[ids] = (output[: min(ids)].float().mean(0) + noise * output[: min(ids)].float().std(0)).to(output.dtype)
+            output[ids] = (output[: min(ids)].float().mean(0) + noise * output[: min(ids)].float().std(0)).to(
+                output.dtype
+            )
     return ids[0], ids[1]
 
 
@@ -64,6 +69,7 @@ def apply_lora(
         rank: LoRA rank (project's choice: 8).
         alpha: LoRA alpha (project's choice: 16).
         dropout: LoRA dropout (project's choice: 0.05).
+
     """
     tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     token_targets = {"embed_tokens": token_ids} if tied else {"embed_tokens": token_ids, "lm_head": token_ids}

@@ -1,0 +1,29 @@
+# Quick start: `make demo` (train + test the tiny model on generated data, offline) and
+# `make test` (the test suite). Each creates the virtual environment it needs in .venv.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint venv clean
+
+$(BIN)/anomalib-genau: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the release this project is tested with (served locally here)
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/anomalib-genau
+
+demo: venv
+	$(BIN)/anomalib-genau demo
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) results backbones datasets
