@@ -207,16 +207,20 @@ class GenAUModel(nn.Module):
             raise ValueError(msg)
         return [*ids, self.tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
-    def teacher_forced(
-        self, images: torch.Tensor, instructions: Sequence[str] | None, responses: Sequence[str]
-    ) -> TeacherForcedOutput:
-        """One teacher-forced pass: LM loss on the response tokens and the stage logits.
+    def append_responses(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append each response after its (left-padded) prompt and right-pad.
 
-        The prompt (left-padded, image tokens included) is masked out of the labels; each
-        response is appended after its prompt and right-padded.
+        Args:
+            prompt_ids: ``(B, L)`` prompt ids, image tokens expanded.
+            prompt_mask: ``(B, L)`` prompt attention mask.
+            responses: One response per image.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` and ``labels``, each ``(B, L + R)``; labels are
+            ``-100`` on the prompt, the image tokens and the padding.
         """
-        encoded = self.encode(images, instructions)
-        prompt_ids, prompt_mask = encoded["input_ids"], encoded["attention_mask"]
         response_ids = [self.response_ids(text) for text in responses]
         width = max(len(ids) for ids in response_ids)
         appended = torch.full((len(response_ids), width), self.pad_id, dtype=torch.long)
@@ -228,6 +232,16 @@ class GenAUModel(nn.Module):
         input_ids = torch.cat([prompt_ids, appended], dim=1)
         attention_mask = torch.cat([prompt_mask, appended_mask], dim=1)
         labels = torch.cat([torch.full_like(prompt_ids, -100), appended.masked_fill(appended_mask == 0, -100)], dim=1)
+        return input_ids, attention_mask, labels
+
+    def teacher_forced(
+        self, images: torch.Tensor, instructions: Sequence[str] | None, responses: Sequence[str]
+    ) -> TeacherForcedOutput:
+        """One teacher-forced pass: LM loss on the response tokens and the stage logits."""
+        encoded = self.encode(images, instructions)
+        input_ids, attention_mask, labels = self.append_responses(
+            encoded["input_ids"], encoded["attention_mask"], responses
+        )
         vision, stages = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
         output = self.llava(
             input_ids=input_ids,

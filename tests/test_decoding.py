@@ -1,0 +1,97 @@
+"""Constrained greedy decoding and anchor reading, checked against a teacher-forced pass."""
+
+import pytest
+import torch
+
+from anomalib_genau.models.genau.decoding import anchor_states, decode_with_anchors, next_tokens
+from anomalib_genau.models.genau.torch_model import GenAUModel
+
+DEFECT_ID, NORMAL_ID, EOS_ID = 7, 8, 9
+
+
+def test_next_tokens_follow_the_response_format() -> None:
+    logits = torch.zeros(3, 10)
+    logits[:, EOS_ID] = 10  # the end of turn is banned inside an answer
+    logits[:, NORMAL_ID] = 9  # [SEG_normal] may not come before [SEG_defect]
+    logits[:, 2] = 5
+    emitted = torch.tensor([False, True, False])
+    chosen, forced = next_tokens(logits, 0, 16, DEFECT_ID, NORMAL_ID, [EOS_ID], emitted)
+    assert chosen.tolist() == [2, NORMAL_ID, 2]
+    assert not forced.any()
+    chosen, forced = next_tokens(logits, 14, 16, DEFECT_ID, NORMAL_ID, [EOS_ID], emitted)
+    assert chosen.tolist() == [DEFECT_ID, NORMAL_ID, DEFECT_ID]
+    assert forced.tolist() == [True, False, True]
+    logits[0, DEFECT_ID] = 20  # emitted freely: not forced
+    chosen, forced = next_tokens(logits, 14, 16, DEFECT_ID, NORMAL_ID, [EOS_ID], emitted)
+    assert chosen[0] == DEFECT_ID
+    assert not forced[0]
+
+
+def test_anchor_states_take_the_last_occurrences_in_normal_defect_order() -> None:
+    tokens = torch.tensor([[1, DEFECT_ID, 2, DEFECT_ID, NORMAL_ID], [DEFECT_ID, NORMAL_ID, 0, 0, 0]])
+    hidden = torch.arange(10, dtype=torch.float).view(2, 5, 1)
+    anchors = anchor_states(hidden, tokens, (DEFECT_ID, NORMAL_ID))
+    assert anchors.squeeze(-1).tolist() == [[4.0, 3.0], [6.0, 5.0]]
+    with pytest.raises(ValueError, match=r"Sequences \[1\] contain no \[SEG_normal\]"):
+        anchor_states(hidden, torch.tensor([[DEFECT_ID, NORMAL_ID], [DEFECT_ID, 1]]), (DEFECT_ID, NORMAL_ID))
+
+
+def _prefill(model: GenAUModel, images: torch.Tensor, instructions: list[str]) -> tuple[dict, dict]:
+    encoded = model.encode(images, instructions)
+    vision, _ = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+    prefill = {
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "position_ids": model.position_ids(encoded["attention_mask"]),
+        "mm_encoder_outputs": {"image": vision},
+    }
+    return encoded, prefill
+
+
+def test_cached_decoding_anchors_equal_a_teacher_forced_pass(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 112, 112)
+    # different prompt lengths, so the batch is left-padded
+    instructions = ["Is there any anomaly on the carpet? If yes, segment it.", "Inspect the tile."]
+    encoded, prefill = _prefill(model, images, instructions)
+    assert (encoded["attention_mask"][:, 0] == 0).any()
+    decoded = decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 6)
+    assert decoded.tokens.shape == (2, 6)
+    assert decoded.forced.all()  # the random model never emits [SEG_defect] by itself
+    assert decoded.tokens[:, -2:].tolist() == [list(model.seg_ids)] * 2
+    # teacher-forced pass over prompt + generated tokens gives the same final-layer anchor states
+    input_ids = torch.cat([encoded["input_ids"], decoded.tokens], dim=1)
+    attention_mask = torch.cat([encoded["attention_mask"], torch.ones_like(decoded.tokens)], dim=1)
+    with torch.no_grad():
+        output = model.llava(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=model.position_ids(attention_mask),
+            pixel_values=encoded["pixel_values"],
+            image_sizes=encoded["image_sizes"],
+            output_hidden_states=True,
+        )
+    expected = anchor_states(output.hidden_states[-1], input_ids, model.seg_ids)
+    torch.testing.assert_close(decoded.anchors, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_decoding_equals_one_by_one(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    torch.manual_seed(2)
+    images = torch.rand(2, 3, 112, 112)
+    instructions = ["Is there any anomaly on the carpet? If yes, segment it.", "Check the tile."]
+    together = model.inspect(images, instructions)
+    for index in range(2):
+        alone = model.inspect(images[index : index + 1], instructions[index : index + 1])
+        torch.testing.assert_close(
+            together.batch.anomaly_map[index], alone.batch.anomaly_map[0], atol=1e-4, rtol=1e-4
+        )
+        assert together.answers[index] == alone.answers[0]
+
+
+def test_decoding_needs_room_for_both_tokens(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    _, prefill = _prefill(model, torch.rand(1, 3, 112, 112), ["Inspect."])
+    with pytest.raises(ValueError, match="at least 2"):
+        decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 1)

@@ -1,0 +1,107 @@
+"""GenAU's torch model: label masking, token positions, trainable vs frozen parameters, outputs."""
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from anomalib_genau.models.genau.loss import GenAULoss
+from anomalib_genau.models.genau.torch_model import GenAUModel
+
+PROMPTS = ["Is there any anomaly on the carpet? If yes, segment it.", "Check the tile."]
+RESPONSES = ["Yes, hole. [SEG_defect] [SEG_normal]", "No, the tile is normal. [SEG_defect] [SEG_normal]"]
+
+
+def test_labels_cover_the_response_only(torch_model: GenAUModel) -> None:
+    encoded = torch_model.encode(torch.rand(2, 3, 112, 112), PROMPTS)
+    input_ids, attention_mask, labels = torch_model.append_responses(
+        encoded["input_ids"], encoded["attention_mask"], RESPONSES
+    )
+    prompt_length = encoded["input_ids"].shape[1]
+    assert (labels[:, :prompt_length] == -100).all()
+    im_end = torch_model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for row, response in enumerate(RESPONSES):
+        expected = [*torch_model.tokenizer(response, add_special_tokens=False)["input_ids"], im_end]
+        supervised = labels[row][labels[row] != -100].tolist()
+        assert supervised == expected
+        # the two segmentation tokens close the answer, right before the end of turn
+        assert supervised[-3:-1] == list(torch_model.seg_ids)
+        assert attention_mask[row].sum() == encoded["attention_mask"][row].sum() + len(expected)
+    image_token = torch_model.llava.config.image_token_index
+    assert (input_ids == image_token).sum(dim=1).min() > 0
+    assert (labels == image_token).sum() == 0
+
+
+def test_response_without_segmentation_tokens_is_refused(torch_model: GenAUModel) -> None:
+    with pytest.raises(ValueError, match=r"must end with '\[SEG_defect\] \[SEG_normal\]'"):
+        torch_model.response_ids("Yes, hole.")
+
+
+def _step(model: GenAUModel) -> None:
+    model.train()
+    output = model(torch.rand(2, 3, 112, 112), PROMPTS, RESPONSES)
+    masks = torch.zeros(2, 112, 112)
+    masks[0, 30:60, 30:60] = 1
+    GenAULoss()(output.lm_loss, output.stage_logits, masks)["loss"].backward()
+
+
+def test_gradients_reach_trainable_parameters_only(torch_model: GenAUModel) -> None:
+    model = torch_model
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    groups = {
+        "lora": [n for n in trainable if "lora_" in n],
+        "token rows": [n for n in trainable if "trainable_tokens_delta" in n],
+        "projectors": [n for n in trainable if n.startswith("readout.projections")],
+        "decoder norms": [n for n in trainable if "language_model" in n and "norm" in n],
+    }
+    assert all(groups.values()), groups
+    assert trainable == set().union(*map(set, groups.values()))
+    assert not any("vision_tower" in n or "multi_modal_projector" in n for n in trainable)
+    assert not any("lora_" in n for n in groups["lora"] if "vision" in n)
+    _step(model)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for name in groups["token rows"] + groups["projectors"] + groups["decoder norms"]:
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    # LoRA B starts at zero, so B gets gradients and A gets them after B moves
+    assert all(grads[n].abs().sum() > 0 for n in groups["lora"] if "lora_B" in n)
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            assert grads[name] is None, name
+
+
+def test_an_optimizer_step_changes_the_new_token_rows_only(torch_model: GenAUModel) -> None:
+    model = torch_model
+    embed = model.llava.get_input_embeddings()
+    old_ids = torch.arange(min(model.seg_ids))
+    new_ids = torch.tensor(model.seg_ids)
+    before_old, before_new = embed(old_ids).detach().clone(), embed(new_ids).detach().clone()
+    vision_before = [p.detach().clone() for p in model.llava.model.vision_tower.parameters()]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    _step(model)
+    optimizer.step()
+    assert torch.equal(embed(old_ids), before_old)
+    assert not torch.allclose(embed(new_ids), before_new)
+    assert all(torch.equal(a, b) for a, b in zip(vision_before, model.llava.model.vision_tower.parameters(), strict=True))
+
+
+def test_eval_forward_returns_an_inference_batch(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    images = torch.rand(3, 3, 96, 128)
+    output = model(images)
+    assert isinstance(output, InferenceBatch)
+    assert output.anomaly_map.shape == (3, 1, 96, 128)
+    assert output.pred_score.shape == (3,)
+    assert 0.0 <= output.anomaly_map.min() and output.anomaly_map.max() <= 1.0
+    torch.testing.assert_close(output.pred_score, output.anomaly_map.flatten(1).amax(dim=1))
+    inspection = model.inspect(images)
+    assert len(inspection.answers) == 3
+    assert all("[SEG" not in answer for answer in inspection.answers)
+
+
+def test_grayscale_images_are_repeated_to_rgb_and_other_channel_counts_refused(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    gray = torch.rand(1, 1, 112, 112)
+    torch.testing.assert_close(model(gray).anomaly_map, model(gray.expand(-1, 3, -1, -1)).anomaly_map)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(1, 4, 112, 112))
+    with pytest.raises(ValueError, match="needs one response per image"):
+        model.train()(torch.rand(1, 3, 112, 112))
