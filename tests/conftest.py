@@ -16,6 +16,11 @@ SMALL_DATA = {"n_train": 2, "n_test_good": 8, "n_test_per_defect": 4, "image_siz
 
 
 @pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_backbone(tmp_path_factory.mktemp("backbone") / "genau-tiny")
 
