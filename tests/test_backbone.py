@@ -43,16 +43,16 @@ def test_tiny_backbone_runs_anyres_and_is_seeded(tiny_backbone: Path, tmp_path: 
 
 
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(BackboneError, match="does not exist"):
+    with pytest.raises(BackboneError, match=r"does not exist"):
         load_backbone(tmp_path / "nowhere")
 
 
 def test_directory_without_config_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(BackboneError, match="no config.json"):
+    with pytest.raises(BackboneError, match=r"no config\.json"):
         load_backbone(tmp_path)
 
 
 def test_other_model_type_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(BackboneError, match="holds model_type 'bert'.*llava_onevision"):
+    with pytest.raises(BackboneError, match=r"holds model_type 'bert'.*llava_onevision"):
         load_backbone(tmp_path)

@@ -49,7 +49,8 @@ def test_items_carry_the_dialogue_and_mapped_types(source_root: Path, target_roo
     assert by_folder["good"].response == "No, the carpet is normal. [SEG_defect] [SEG_normal]"
     assert {item.instruction for item in items} == {"Is there any anomaly on the carpet? If yes, segment it."}
     assert all(item.category == "carpet" for item in items)
-    assert by_folder["cut"].gt_mask.sum() > 0 and by_folder["good"].gt_mask.sum() == 0
+    assert by_folder["cut"].gt_mask.sum() > 0
+    assert by_folder["good"].gt_mask.sum() == 0
     train_instructions = {datamodule.train_data[i].instruction for i in range(len(datamodule.train_data))}
     assert len(train_instructions) > 1  # paraphrased for training
     assert train_instructions == {datamodule.train_data[i].instruction for i in range(len(datamodule.train_data))}
@@ -75,7 +76,9 @@ def test_grayscale_and_rgba_images_are_converted(source_root: Path, tmp_path: Pa
         assert items[path.name].image.shape[0] == 3
 
 
-def test_unknown_defect_folder_of_a_taxonomy_product_fails_with_the_known_names(source_root: Path, tmp_path: Path) -> None:
+def test_unknown_defect_folder_of_a_taxonomy_product_fails_with_the_known_names(
+    source_root: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "unknown"
     shutil.copytree(source_root / "carpet", root / "carpet")
     for kind in ("test", "ground_truth"):

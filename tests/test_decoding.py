@@ -84,9 +84,7 @@ def test_batch_decoding_equals_one_by_one(torch_model: GenAUModel) -> None:
     together = model.inspect(images, instructions)
     for index in range(2):
         alone = model.inspect(images[index : index + 1], instructions[index : index + 1])
-        torch.testing.assert_close(
-            together.batch.anomaly_map[index], alone.batch.anomaly_map[0], atol=1e-4, rtol=1e-4
-        )
+        torch.testing.assert_close(together.batch.anomaly_map[index], alone.batch.anomaly_map[0], atol=1e-4, rtol=1e-4)
         assert together.answers[index] == alone.answers[0]
 
 

@@ -49,7 +49,8 @@ def test_map_is_the_stage_mean_of_defect_probabilities() -> None:
     torch.testing.assert_close(maps[0, 0], expected)
     upsampled = anomaly_map(logits, (8, 8))
     assert upsampled.shape == (1, 1, 8, 8)
-    assert 0.0 <= upsampled.min() and upsampled.max() <= 1.0
+    assert upsampled.min() >= 0.0
+    assert upsampled.max() <= 1.0
     assert upsampled[0, 0, :4, :4].mean() > upsampled[0, 0, 4:, 4:].mean()
 
 

@@ -20,7 +20,10 @@ def _python(code: str, *args: str, env: dict | None = None) -> str:
 
 
 def test_interpreter_start_imports_neither_torch_nor_the_plugin() -> None:
-    code = "import sys; print('torch' in sys.modules, 'anomalib_genau' in sys.modules, 'anomalib_genau_hook' in sys.modules)"
+    code = (
+        "import sys; "
+        "print('torch' in sys.modules, 'anomalib_genau' in sys.modules, 'anomalib_genau_hook' in sys.modules)"
+    )
     assert _python(code) == "False False True"
 
 
@@ -36,7 +39,16 @@ def test_get_model_finds_genau_by_name(tiny_backbone: Path) -> None:
 
 def test_anomalib_command_resolves_the_short_name(tiny_backbone: Path) -> None:
     result = subprocess.run(
-        [ANOMALIB, "train", "--model", "GenAU", f"--model.backbone={tiny_backbone}", "--data", "MVTecAD", "--print_config"],
+        [
+            ANOMALIB,
+            "train",
+            "--model",
+            "GenAU",
+            f"--model.backbone={tiny_backbone}",
+            "--data",
+            "MVTecAD",
+            "--print_config",
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -80,7 +80,9 @@ def test_an_optimizer_step_changes_the_new_token_rows_only(torch_model: GenAUMod
     optimizer.step()
     assert torch.equal(embed(old_ids), before_old)
     assert not torch.allclose(embed(new_ids), before_new)
-    assert all(torch.equal(a, b) for a, b in zip(vision_before, model.llava.model.vision_tower.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(vision_before, model.llava.model.vision_tower.parameters(), strict=True)
+    )
 
 
 def test_eval_forward_returns_an_inference_batch(torch_model: GenAUModel) -> None:
@@ -90,7 +92,8 @@ def test_eval_forward_returns_an_inference_batch(torch_model: GenAUModel) -> Non
     assert isinstance(output, InferenceBatch)
     assert output.anomaly_map.shape == (3, 1, 96, 128)
     assert output.pred_score.shape == (3,)
-    assert 0.0 <= output.anomaly_map.min() and output.anomaly_map.max() <= 1.0
+    assert output.anomaly_map.min() >= 0.0
+    assert output.anomaly_map.max() <= 1.0
     torch.testing.assert_close(output.pred_score, output.anomaly_map.flatten(1).amax(dim=1))
     inspection = model.inspect(images)
     assert len(inspection.answers) == 3

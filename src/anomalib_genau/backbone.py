@@ -194,6 +194,9 @@ def build_tiny_backbone(
         vocab_size=len(tokenizer),
         max_position_embeddings=4096,
         tie_word_embeddings=True,
+        # 1/sqrt(hidden): logits of a random 128-wide model can then reach the magnitudes a
+        # trained one has; Qwen2's 0.02 (made for 896+ wide models) caps them near 2.5.
+        initializer_range=128**-0.5,
     )
     config = LlavaOnevisionConfig(
         vision_config=vision_config.to_dict(),

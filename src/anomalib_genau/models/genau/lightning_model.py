@@ -37,6 +37,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .loss import GenAULoss
 from .torch_model import GenAUModel
+from .visualizer import GenAUVisualizer
 
 
 class GenAU(AnomalibModule):
@@ -63,7 +64,7 @@ class GenAU(AnomalibModule):
             normalisation and the AnyRes tiling.
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag; the default adds pixel AUPRO to anomalib's metrics.
-        visualizer: Visualizer or flag.
+        visualizer: Visualizer or flag; the default captions anomalib's pictures with the answer.
 
     """
 
@@ -126,6 +127,11 @@ class GenAU(AnomalibModule):
             F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
         ]
         return Evaluator(test_metrics=test_metrics)
+
+    @classmethod
+    def configure_visualizer(cls) -> GenAUVisualizer:
+        """Anomalib's panels plus a caption with the answer and the score."""
+        return GenAUVisualizer()
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Teacher-forced pass; returns the joint loss and logs its two parts."""

@@ -116,6 +116,7 @@ class GenAUModel(nn.Module):
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         )
         self.banned_ids = [i for i in self.tokenizer.all_special_ids if i not in self.seg_ids]
+        self.train()  # from_pretrained leaves the backbone in eval mode; LoRA dropout needs train mode
 
     @property
     def llava(self) -> LlavaOnevisionForConditionalGeneration:
@@ -220,6 +221,7 @@ class GenAUModel(nn.Module):
         Returns:
             ``input_ids``, ``attention_mask`` and ``labels``, each ``(B, L + R)``; labels are
             ``-100`` on the prompt, the image tokens and the padding.
+
         """
         response_ids = [self.response_ids(text) for text in responses]
         width = max(len(ids) for ids in response_ids)

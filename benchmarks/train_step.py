@@ -1,0 +1,78 @@
+"""Time GenAU's training step and inference on the tiny backbone (CPU), and print ratios.
+
+    python benchmarks/train_step.py [--batch-size 4] [--steps 20] [--image-size 112]
+
+Prints the median time of one optimizer step (teacher-forced forward, joint loss, backward,
+AdamW) and of one inference pass (prefill + cached decoding + readout) per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from anomalib_genau.backbone import build_tiny_backbone
+from anomalib_genau.models.genau.loss import GenAULoss
+from anomalib_genau.models.genau.torch_model import GenAUModel
+from anomalib_genau.prompts import instruction, response
+
+
+def _median_seconds(function, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=112)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as directory:
+        model = GenAUModel(str(build_tiny_backbone(Path(directory) / "tiny")), max_new_tokens=16)
+    loss = GenAULoss()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    batch = args.batch_size
+    images = torch.rand(batch, 3, args.image_size, args.image_size)
+    masks = torch.zeros(batch, args.image_size, args.image_size)
+    masks[: batch // 2, 20:50, 20:50] = 1
+    instructions = [instruction("carpet")] * batch
+    responses = [response("carpet", ["hole"] if i < batch // 2 else []) for i in range(batch)]
+
+    def train_step() -> None:
+        model.train()
+        output = model(images, instructions, responses)
+        loss(output.lm_loss, output.stage_logits, masks)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def inference() -> None:
+        model.eval()
+        model.inspect(images, instructions)
+
+    step = _median_seconds(train_step, args.steps)
+    infer = _median_seconds(inference, max(3, args.steps // 4))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"tiny GenAU on {torch.get_num_threads()} threads, batch {batch}, {args.image_size}px images")
+    print(f"parameters: {total:,} ({trainable:,} trainable, {trainable / total:.1%})")
+    print(f"training step (fwd + bwd + AdamW): {step * 1000:.0f} ms  ({step / batch * 1000:.0f} ms per image)")
+    print(f"inference (prefill + decode + readout): {infer * 1000:.0f} ms  ({infer / batch * 1000:.0f} ms per image)")
+    print(f"ratio inference / training step: {infer / step:.2f}")
+
+
+if __name__ == "__main__":
+    main()
