@@ -39,13 +39,7 @@ def test_anchor_states_take_the_last_occurrences_in_normal_defect_order() -> Non
 def _prefill(model: GenAUModel, images: torch.Tensor, instructions: list[str]) -> tuple[dict, dict]:
     encoded = model.encode(images, instructions)
     vision, _ = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
-    prefill = {
-        "input_ids": encoded["input_ids"],
-        "attention_mask": encoded["attention_mask"],
-        "position_ids": model.position_ids(encoded["attention_mask"]),
-        "mm_encoder_outputs": {"image": vision},
-    }
-    return encoded, prefill
+    return encoded, model.prefill_inputs(encoded, vision)
 
 
 def test_cached_decoding_anchors_equal_a_teacher_forced_pass(torch_model: GenAUModel) -> None:

@@ -108,3 +108,19 @@ def test_grayscale_images_are_repeated_to_rgb_and_other_channel_counts_refused(t
         model(torch.rand(1, 4, 112, 112))
     with pytest.raises(ValueError, match="needs one response per image"):
         model.train()(torch.rand(1, 3, 112, 112))
+
+
+def test_segmentation_tokens_use_spare_embedding_rows_like_qwen2_checkpoints(tiny_backbone) -> None:
+    """Qwen2 checkpoints have more embedding rows than tokens: the new tokens take spare rows."""
+    from anomalib_genau.backbone import load_backbone
+    from anomalib_genau.models.genau.vlm import add_segmentation_tokens
+
+    model, processor = load_backbone(tiny_backbone)
+    tokens = len(processor.tokenizer)
+    model.resize_token_embeddings(tokens + 16, mean_resizing=False)
+    ids = add_segmentation_tokens(model, processor.tokenizer)
+    assert ids == (tokens, tokens + 1)
+    assert model.get_input_embeddings().num_embeddings == tokens + 16
+    rows = model.get_input_embeddings().weight[list(ids)]
+    assert torch.isfinite(rows).all()
+    assert not torch.equal(rows[0], rows[1])

@@ -73,8 +73,8 @@ def _line(
 
 DEFECT_DRAWERS: Mapping[str, DrawFn] = {
     "color": lambda d, m, r, s: _blob(d, m, r, s, fill=(200, 40, 40)),
-    "cut": lambda d, m, r, s: _line(d, m, r, s, fill=(20, 20, 20), width=max(3, s // 40)),
-    "crack": lambda d, m, r, s: _line(d, m, r, s, fill=(35, 25, 20), width=max(3, s // 40)),
+    "cut": lambda d, m, r, s: _line(d, m, r, s, fill=(20, 20, 20), width=max(4, round(s / 24))),
+    "crack": lambda d, m, r, s: _line(d, m, r, s, fill=(35, 25, 20), width=max(4, round(s / 24))),
     "hole": lambda d, m, r, s: _blob(d, m, r, s, fill=(5, 5, 5)),
     "poke": lambda d, m, r, s: _blob(d, m, r, s, fill=(40, 30, 60)),
     "oil": lambda d, m, r, s: _blob(d, m, r, s, fill=(240, 220, 90)),

@@ -195,6 +195,15 @@ class GenAUModel(nn.Module):
         """Positions that skip padding, so left and right padding give the same states."""
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+    def prefill_inputs(self, encoded: dict[str, torch.Tensor], vision: object) -> dict:
+        """Keyword arguments of the prefill forward, with the vision output already computed."""
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "position_ids": self.position_ids(encoded["attention_mask"]),
+            "mm_encoder_outputs": {"image": vision},
+        }
+
     def response_ids(self, response: str) -> list[int]:
         """Token ids of one training response, closed with the end-of-turn token.
 
@@ -266,14 +275,13 @@ class GenAUModel(nn.Module):
         """
         encoded = self.encode(images, instructions)
         vision, stages = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
-        prefill = {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            "position_ids": self.position_ids(encoded["attention_mask"]),
-            "mm_encoder_outputs": {"image": vision},
-        }
         decoded = decode_with_anchors(
-            self.llava, prefill, self.seg_ids, self.banned_ids, self.pad_id, self.max_new_tokens
+            self.llava,
+            self.prefill_inputs(encoded, vision),
+            self.seg_ids,
+            self.banned_ids,
+            self.pad_id,
+            self.max_new_tokens,
         )
         logits = self.readout(stages, decoded.anchors, self.grid)
         maps = anomaly_map(logits, tuple(images.shape[-2:]))
