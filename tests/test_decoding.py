@@ -38,7 +38,7 @@ def test_anchor_states_take_the_last_occurrences_in_normal_defect_order() -> Non
 
 def _prefill(model: GenAUModel, images: torch.Tensor, instructions: list[str]) -> tuple[dict, dict]:
     encoded = model.encode(images, instructions)
-    vision, _ = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+    vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
     return encoded, model.prefill_inputs(encoded, vision)
 
 

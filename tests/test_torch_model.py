@@ -124,3 +124,62 @@ def test_segmentation_tokens_use_spare_embedding_rows_like_qwen2_checkpoints(tin
     rows = model.get_input_embeddings().weight[list(ids)]
     assert torch.isfinite(rows).all()
     assert not torch.equal(rows[0], rows[1])
+
+
+def _groups(model: GenAUModel) -> dict[str, int]:
+    """Count trainable parameter tensors per group."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    rules = {
+        "lora": lambda n: "lora_" in n,
+        "token rows": lambda n: "trainable_tokens_delta" in n,
+        "readout": lambda n: n.startswith("readout."),
+        "decoder norms": lambda n: "language_model" in n and "norm" in n,
+        "projector": lambda n: "multi_modal_projector" in n,
+        "vision": lambda n: "vision_tower" in n,
+    }
+    counts = {group: sum(rule(n) for n in names) for group, rule in rules.items()}
+    assert sum(counts.values()) == len(names), "a trainable parameter outside every group"
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("flags", "changed"),
+    [
+        ({}, {}),
+        ({"lora": False}, {"lora": 0}),
+        ({"train_projector": True}, {"projector": 4}),
+        ({"train_vision": True}, {"vision": None}),
+        ({"vision_layers": [3, 6]}, {"readout": 4}),
+        ({"score_fusion": False, "high_res_readout": False}, {}),
+    ],
+)
+def test_ablation_switches_change_only_what_they_name(tiny_backbone, flags: dict, changed: dict) -> None:
+    default = _groups(GenAUModel(str(tiny_backbone)))
+    assert default["projector"] == default["vision"] == 0
+    assert default["readout"] == 8  # 4 stages x (weight, bias)
+    assert min(default["lora"], default["token rows"], default["decoder norms"]) > 0
+    ablated = _groups(GenAUModel(str(tiny_backbone), **flags))
+    for group, count in ablated.items():
+        if group not in changed:
+            assert count == default[group], group
+        elif changed[group] is None:
+            assert count > 0, group
+        else:
+            assert count == changed[group], group
+
+
+def test_high_res_readout_on_a_non_square_image(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    torch.manual_seed(3)
+    images = torch.rand(1, 3, 224, 336)  # 2 x 3 tiles of 112 px
+    encoded = model.encode(images, None)
+    vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+    assert [tuple(stage.shape) for stage in vision.tile_stages[0]] == [(6, 196, 64)] * 4
+    anchors = torch.randn(1, 2, 128)
+    (high_res,) = model.high_res_logits(vision, anchors, encoded["image_sizes"])
+    assert high_res.shape == (4, 1, 2, 28, 42)  # native resolution of the high-res map
+    fused = model(images).anomaly_map
+    model.high_res_readout = False
+    global_only = model(images).anomaly_map
+    assert fused.shape == global_only.shape == (1, 1, 224, 336)
+    assert not torch.allclose(fused, global_only)

@@ -12,7 +12,7 @@ DEMO_BACKBONE = Path("backbones/genau-tiny")
 DEMO_DATA = Path("datasets/genau_synthetic")
 DEMO_CONFIG = Path("configs/genau_tiny.yaml")
 DEMO_SOURCE_SEED, DEMO_TARGET_SEED = 0, 1
-DEMO_DATA_SIZE = {"n_train": 4, "n_test_good": 20, "n_test_per_defect": 12, "image_size": 112}
+DEMO_DATA_SIZE = {"n_train": 4, "n_test_good": 20, "n_test_per_defect": 12, "image_size": 224}
 
 
 def tiny_backbone(args: argparse.Namespace) -> None:
@@ -50,14 +50,34 @@ def prepare_demo_artifacts(workdir: Path) -> None:
             generate_mvtec_dataset(workdir / DEMO_DATA / split, seed=seed, **DEMO_DATA_SIZE)
 
 
+INFERENCE_SWITCHES = ("high_res_readout", "score_fusion")
+
+
+def test_variants(model: object, datamodule: object, root: Path) -> dict[str, dict[str, float]]:
+    """Test the trained model again with each inference switch flipped, one at a time (no pictures)."""
+    from anomalib.engine import Engine
+
+    results = {}
+    visualizer, model.visualizer = model.visualizer, None
+    for switch in INFERENCE_SWITCHES:
+        value = getattr(model.model, switch)
+        setattr(model.model, switch, not value)
+        engine = Engine(default_root_dir=root / "ablations", accelerator="cpu", devices=1, logger=False)
+        results[f"{switch}={not value}"] = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+        setattr(model.model, switch, value)
+    model.visualizer = visualizer
+    return results
+
+
 def demo(args: argparse.Namespace) -> None:
     """Train and test GenAU on generated data with the tiny backbone, offline.
 
     Runs ``configs/genau_tiny.yaml`` through anomalib's CLI classes, like ``anomalib train``:
     the model trains on the source test split and is tested on the held-out target. The
-    untrained model is tested first, by a separate engine under ``<results>/untrained``.
-    Both metric sets go to ``demo_metrics.json`` in the run folder, next to the pictures of
-    anomalib's visualizer.
+    untrained model is tested first, by a separate engine under ``<results>/untrained``, and
+    the trained one again with the high-res readout and the score fusion switched. All
+    metric sets go to ``demo_metrics.json`` in the run folder, next to the pictures of the
+    visualizer.
     """
     from anomalib.cli import AnomalibCLI
     from anomalib.engine import Engine
@@ -72,17 +92,18 @@ def demo(args: argparse.Namespace) -> None:
     engine, model, datamodule = cli.engine, cli.model, cli.datamodule
     root = Path(cli.config["train"]["default_root_dir"])
     baseline = Engine(default_root_dir=root / "untrained", accelerator="cpu", devices=1, logger=False)
-    untrained = baseline.test(model=model, datamodule=datamodule)[0]
+    columns = {"untrained": baseline.test(model=model, datamodule=datamodule)[0]}
     start = time.perf_counter()
-    trained = engine.train(model=model, datamodule=datamodule)[0]
+    columns["trained"] = engine.train(model=model, datamodule=datamodule)[0]
     seconds = time.perf_counter() - start
+    columns.update(test_variants(model, datamodule, root))
     run_dir = Path(engine.trainer.default_root_dir)
     steps = engine.trainer.global_step
-    summary = {"untrained": untrained, "trained": trained, "train_and_test_seconds": seconds, "steps": steps}
+    summary = {**columns, "train_and_test_seconds": seconds, "steps": steps}
     (run_dir / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n{'metric':<16}{'untrained':>12}{'trained':>12}")
-    for key in sorted(trained):
-        print(f"{key:<16}{untrained.get(key, float('nan')):>12.4f}{trained[key]:>12.4f}")
+    print("\n" + f"{'metric':<16}" + "".join(f"{name:>20}" for name in columns))
+    for key in sorted(columns["trained"]):
+        print(f"{key:<16}" + "".join(f"{values.get(key, float('nan')):>20.4f}" for values in columns.values()))
     print(f"{steps} training steps, train + test {seconds:.1f} s; metrics and pictures in {run_dir}")
 
 

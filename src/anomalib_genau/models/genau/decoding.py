@@ -26,6 +26,7 @@ class DecodeResult:
         anchors: ``(B, 2, D)`` final-layer states of ``[SEG_normal]`` (row 0) and ``[SEG_defect]`` (row 1).
         answer_tokens: Per image, the generated ids before ``[SEG_defect]``.
         forced: ``(B,)`` bool, True where the tokens had to be appended (budget ran out).
+        first_logits: ``(B, V)`` logits at the first answer position (the prefill's last).
 
     """
 
@@ -33,6 +34,7 @@ class DecodeResult:
     anchors: torch.Tensor
     answer_tokens: list[list[int]]
     forced: torch.Tensor
+    first_logits: torch.Tensor
 
 
 def next_tokens(
@@ -101,6 +103,7 @@ def decode_with_anchors(
     seg_defect_id, seg_normal_id = seg_ids
     output = llava(**prefill, use_cache=True, logits_to_keep=1)
     cache, logits = output.past_key_values, output.logits[:, -1]
+    first_logits = logits.float()
     attention_mask = prefill["attention_mask"]
     position = prefill["position_ids"][:, -1]
     batch = attention_mask.shape[0]
@@ -137,7 +140,9 @@ def decode_with_anchors(
     answers = []
     for row in token_matrix.tolist():
         answers.append(row[: row.index(seg_defect_id)])
-    return DecodeResult(tokens=token_matrix, anchors=anchors, answer_tokens=answers, forced=forced_any)
+    return DecodeResult(
+        tokens=token_matrix, anchors=anchors, answer_tokens=answers, forced=forced_any, first_logits=first_logits
+    )
 
 
 def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int, int]) -> torch.Tensor:

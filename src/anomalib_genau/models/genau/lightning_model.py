@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import Resize
 from transformers import get_cosine_schedule_with_warmup
@@ -59,6 +60,15 @@ class GenAU(AnomalibModule):
             choice: 0.03).
         max_new_tokens: Decoding budget of an answer, segmentation tokens included.
         default_object: Object name of the prompt for data without a category (``predict``).
+        high_res_readout: Fuse the AnyRes high-resolution readout with the global view at
+            inference (paper 4.2); ``False`` reads the global view only.
+        high_res_weight: Per-stage weight of the high-res map (project's choice: 0.5).
+        score_fusion: Image score = calibrated fusion of the map maximum and the decoder's
+            yes/no log-odds (paper Eq. 6); ``False`` is the "map-max only" ablation.
+        mixing_weight: Weight of the map term in the fused score (project's choice: 0.5).
+        lora: LoRA on the decoder; ``False`` is the "LoRA off" ablation.
+        train_projector: Train the multimodal projector (ablation; frozen by default, as in the paper).
+        train_vision: Train the vision encoder (ablation; frozen by default, as in the paper).
         pre_processor: Pre-processor or flag; the default resizes to the backbone's tile size
             (384 x 384 for the real checkpoints); the LLaVA-OneVision processor does the
             normalisation and the AnyRes tiling.
@@ -83,6 +93,13 @@ class GenAU(AnomalibModule):
         warmup_ratio: float = 0.03,
         max_new_tokens: int = 24,
         default_object: str = "object",
+        high_res_readout: bool = True,
+        high_res_weight: float = 0.5,
+        score_fusion: bool = True,
+        mixing_weight: float = 0.5,
+        lora: bool = True,
+        train_projector: bool = False,
+        train_vision: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -104,6 +121,13 @@ class GenAU(AnomalibModule):
             lora_dropout=lora_dropout,
             max_new_tokens=max_new_tokens,
             default_object=default_object,
+            high_res_readout=high_res_readout,
+            high_res_weight=high_res_weight,
+            score_fusion=score_fusion,
+            mixing_weight=mixing_weight,
+            lora=lora,
+            train_projector=train_projector,
+            train_vision=train_vision,
         )
         if pre_processor is True:
             self.pre_processor = self.configure_pre_processor((self.model.tile_size,) * 2)
@@ -152,6 +176,36 @@ class GenAU(AnomalibModule):
         """Inference on a batch: scores, maps and the answer as ``explanation``."""
         inspection = self.model.inspect(batch.image, getattr(batch, "instruction", None))
         return batch.update(**inspection.batch._asdict(), explanation=inspection.answers)
+
+    @torch.no_grad()
+    def calibrate(self, dataloader: Iterable[Batch]) -> None:
+        """Estimate the fused score's calibration on source images and freeze it.
+
+        During fitting this runs on the validation dataloader (the held-out part of the source
+        test split) before each validation pass, so the PostProcessor's thresholds are set on
+        calibrated scores; testing and predicting never call it.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        map_max, log_odds = [], []
+        for batch in dataloader:
+            images = batch.image.to(self.device)
+            if self.pre_processor is not None and self.pre_processor.transform is not None:
+                images = self.pre_processor.transform(images)
+            inspection = self.model.inspect(images, getattr(batch, "instruction", None))
+            map_max.append(inspection.map_max)
+            log_odds.append(inspection.log_odds)
+        self.model.calibration.estimate(torch.cat(map_max), torch.cat(log_odds))
+        self.model.train(was_training)
+
+    def on_validation_epoch_start(self) -> None:
+        """While fitting, re-estimate the score calibration on the source validation images.
+
+        It is estimated even with ``score_fusion=False``, so the fused score can be switched on
+        for a trained model.
+        """
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.calibrate(self.trainer.val_dataloaders)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Validation predicts maps and scores, from which the PostProcessor sets thresholds."""

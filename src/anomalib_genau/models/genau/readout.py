@@ -65,19 +65,42 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return upsampled.view(stages, batch, 2, *size)
 
 
-def anomaly_map(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The anomaly map: defect-channel softmax probability, aggregated over stages.
+def defect_probabilities(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-stage defect probability at mask size: upsample ``(S, B, 2, h, w)``, softmax, defect channel.
 
-    The paper sums the stage maps; we divide the sum by ``S`` so the map, and its maximum
-    (the image score), stay in ``[0, 1]``. The ranking of pixels and images is unchanged.
+    Returns:
+        ``(S, B, H, W)`` in ``[0, 1]``.
+
+    """
+    return upsample_logits(logits, size).softmax(dim=2)[:, :, DEFECT]
+
+
+def anomaly_map(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    high_res_logits: Sequence[torch.Tensor] | None = None,
+    high_res_weight: float = 0.5,
+) -> torch.Tensor:
+    """The anomaly map: stage defect probabilities, optionally fused with the high-res readout.
+
+    Per stage, ``p = w * p_high_res + (1 - w) * p_global`` when high-res logits are given
+    (paper 4.2; both maps are first upsampled to the mask, since the global view is a plain
+    resize and the high-res grid covers the image once unpadded). The paper sums the stage
+    maps; we divide the sum by ``S`` so the map, and its maximum, stay in ``[0, 1]``: pixel and
+    image rankings are unchanged.
 
     Args:
-        logits: Stage logits ``(S, B, 2, h, w)``.
+        logits: Global-view stage logits ``(S, B, 2, h, w)``.
         size: Mask size ``(H, W)``.
+        high_res_logits: Per image, high-res stage logits ``(S, 1, 2, h_i, w_i)``, or ``None``.
+        high_res_weight: Weight ``w`` of the high-res map (0.5: the project's choice).
 
     Returns:
         ``(B, 1, H, W)`` map in ``[0, 1]``.
 
     """
-    probabilities = upsample_logits(logits, size).softmax(dim=2)
-    return probabilities[:, :, DEFECT].mean(dim=0).unsqueeze(1)
+    probabilities = defect_probabilities(logits, size)
+    if high_res_logits is not None:
+        high_res = torch.cat([defect_probabilities(item, size) for item in high_res_logits], dim=1)
+        probabilities = high_res_weight * high_res + (1 - high_res_weight) * probabilities
+    return probabilities.mean(dim=0).unsqueeze(1)

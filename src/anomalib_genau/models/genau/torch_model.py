@@ -7,6 +7,7 @@ Shapes: ``B`` images of ``(3, H, W)`` in ``[0, 1]``; ``L`` tokens; ``D`` decoder
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,12 +17,16 @@ from torch import nn
 from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
+from anomalib_genau import prompts
 from anomalib_genau.backbone import load_backbone
-from anomalib_genau.prompts import instruction as default_instruction
 
+from .anyres import reassemble_tiles
+from .calibration import ScoreCalibration
 from .decoding import anchor_states, decode_with_anchors
 from .readout import AnchorReadout, anomaly_map
-from .vlm import add_segmentation_tokens, apply_lora
+from .vlm import add_segmentation_tokens, apply_adapters
+
+logger = logging.getLogger(__name__)
 
 # Paper default stages for SigLIP-so400m as LLaVA-OneVision keeps it (26 layers): hidden_states
 # indices 7, 13, 19 and the last; other depths scale these fractions.
@@ -63,12 +68,32 @@ class Inspection:
         batch: ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, H, W)``, both in ``[0, 1]``.
         answers: Generated answer per image, without the segmentation tokens.
         forced: ``(B,)`` bool, True where the segmentation tokens had to be appended.
+        map_max: ``(B,)`` maximum of the anomaly map (the visual score).
+        log_odds: ``(B,)`` decoder log-odds of a defect answer against a normal one.
 
     """
 
     batch: InferenceBatch
     answers: list[str]
     forced: torch.Tensor
+    map_max: torch.Tensor
+    log_odds: torch.Tensor
+
+
+@dataclass
+class VisionFeatures:
+    """One vision-tower pass, shared by the decoder and the readout.
+
+    Attributes:
+        encoder_output: What ``mm_encoder_outputs["image"]`` takes (LLM-space image tokens).
+        global_stages: Per stage, the global view's patch features ``(B, h*w, C)``.
+        tile_stages: Per image, per stage, its AnyRes tiles' features ``(n_tiles, h*w, C)``.
+
+    """
+
+    encoder_output: object
+    global_stages: list[torch.Tensor]
+    tile_stages: list[list[torch.Tensor]]
 
 
 class GenAUModel(nn.Module):
@@ -83,6 +108,14 @@ class GenAUModel(nn.Module):
         lora_dropout: LoRA dropout (project's choice: 0.05).
         max_new_tokens: Decoding budget of an answer, segmentation tokens included.
         default_object: Object name of the prompt when a batch carries no instruction.
+        high_res_readout: Fuse the AnyRes high-resolution readout into the map at inference.
+        high_res_weight: Weight of the high-res map in the per-stage fusion (project's choice: 0.5).
+        score_fusion: Fuse the map maximum with the decoder log-odds; ``False`` scores by the
+            map maximum only (the paper's "map-max only" ablation).
+        mixing_weight: Weight of the map term in the fused score (project's choice: 0.5).
+        lora: LoRA on the decoder (``False``: the "LoRA off" ablation).
+        train_projector: Train the multimodal projector (ablation; frozen in the paper).
+        train_vision: Train the vision encoder (ablation; frozen in the paper).
 
     """
 
@@ -96,13 +129,29 @@ class GenAUModel(nn.Module):
         lora_dropout: float = 0.05,
         max_new_tokens: int = 24,
         default_object: str = "object",
+        high_res_readout: bool = True,
+        high_res_weight: float = 0.5,
+        score_fusion: bool = True,
+        mixing_weight: float = 0.5,
+        lora: bool = True,
+        train_projector: bool = False,
+        train_vision: bool = False,
     ) -> None:
         super().__init__()
         llava, self.processor = load_backbone(backbone)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.seg_ids = add_segmentation_tokens(llava, self.tokenizer)
-        self.vlm = apply_lora(llava, list(self.seg_ids), rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+        self.vlm = apply_adapters(
+            llava,
+            list(self.seg_ids),
+            lora=lora,
+            rank=lora_rank,
+            alpha=lora_alpha,
+            dropout=lora_dropout,
+            train_projector=train_projector,
+            train_vision=train_vision,
+        )
         vision_config = llava.config.vision_config
         self.vision_layers = resolve_vision_layers(vision_layers, vision_config.num_hidden_layers)
         self.readout = AnchorReadout(
@@ -112,6 +161,11 @@ class GenAUModel(nn.Module):
         self.grid = (vision_config.image_size // vision_config.patch_size,) * 2
         self.max_new_tokens = max_new_tokens
         self.default_object = default_object
+        self.high_res_readout = high_res_readout
+        self.high_res_weight = high_res_weight
+        self.score_fusion = score_fusion
+        self.calibration = ScoreCalibration(mixing_weight)
+        self.answer_ids = self.first_answer_tokens()
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         )
@@ -143,11 +197,11 @@ class GenAUModel(nn.Module):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         if instructions is None:
-            instructions = [default_instruction(self.default_object)] * images.shape[0]
+            instructions = [prompts.instruction(self.default_object)] * images.shape[0]
         if len(instructions) != images.shape[0]:
             msg = f"Got {len(instructions)} instructions for {images.shape[0]} images."
             raise ValueError(msg)
-        prompts = [
+        chats = [
             self.processor.apply_chat_template(
                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
                 add_generation_prompt=True,
@@ -157,7 +211,7 @@ class GenAUModel(nn.Module):
         ]
         encoded = self.processor(
             images=list(images.detach().float().clamp(0, 1).cpu()),
-            text=prompts,
+            text=chats,
             return_tensors="pt",
             padding=True,
             do_rescale=False,
@@ -165,43 +219,77 @@ class GenAUModel(nn.Module):
         device = self.readout.projections[0].weight.device
         return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
 
-    def vision_features(
-        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor
-    ) -> tuple[object, list[torch.Tensor]]:
-        """Run the vision tower once for both pathways.
-
-        Returns:
-            The encoder output to pass as ``mm_encoder_outputs["image"]`` (LLM-space features
-            packed per image) and, per stage, the global view's patch features ``(B, h*w, C)``.
-
-        """
+    def vision_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> VisionFeatures:
+        """Run the vision tower once, for the decoder's image tokens and for the readout."""
         llava = self.llava
-        frozen = not any(p.requires_grad for p in llava.model.vision_tower.parameters())
+        frozen = not any(
+            p.requires_grad
+            for module in (llava.model.vision_tower, llava.model.multi_modal_projector)
+            for p in module.parameters()
+        )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             encoded = llava.model.get_image_features(
                 pixel_values.to(llava.dtype), image_sizes, output_hidden_states=True, return_dict=True
             )
         config = llava.config
-        patches_per_image = [
+        counts = [
             image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
             for size in image_sizes.tolist()
         ]
-        global_rows = torch.tensor([0, *patches_per_image[:-1]], device=pixel_values.device).cumsum(0)
-        stages = [encoded.hidden_states[layer][global_rows] for layer in self.vision_layers]
-        return encoded, stages
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        layers = [encoded.hidden_states[layer] for layer in self.vision_layers]
+        return VisionFeatures(
+            encoder_output=encoded,
+            global_stages=[layer[starts] for layer in layers],
+            tile_stages=[
+                [layer[start + 1 : start + count] for layer in layers]
+                for start, count in zip(starts, counts, strict=True)
+            ],
+        )
+
+    def high_res_logits(
+        self, vision: VisionFeatures, anchors: torch.Tensor, image_sizes: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Readout on each image's reassembled AnyRes grid: per image ``(S, 1, 2, h_i, w_i)``."""
+        config = self.llava.config
+        logits = []
+        for index, (tiles, size) in enumerate(zip(vision.tile_stages, image_sizes.tolist(), strict=True)):
+            grids = [reassemble_tiles(stage, size, config.image_grid_pinpoints, self.tile_size) for stage in tiles]
+            height, width = grids[0].shape[:2]
+            features = [grid.reshape(1, height * width, -1) for grid in grids]
+            logits.append(self.readout(features, anchors[index : index + 1], (height, width)))
+        return logits
+
+    def first_answer_tokens(self) -> tuple[int, int]:
+        """First token ids of a normal and of a defect answer; their log-odds is the decoder's decision."""
+        normal = self.tokenizer(prompts.answer(self.default_object, []), add_special_tokens=False)["input_ids"][0]
+        defect = self.tokenizer(prompts.answer(self.default_object, ["x"]), add_special_tokens=False)["input_ids"][0]
+        if normal == defect:
+            msg = "Normal and defect answers start with the same token; the decoder log-odds would be 0."
+            raise ValueError(msg)
+        return normal, defect
+
+    def image_score(self, map_max: torch.Tensor, log_odds: torch.Tensor) -> torch.Tensor:
+        """Fused, calibrated score; the map maximum without fusion or before any calibration."""
+        if not self.score_fusion:
+            return map_max
+        if not self.calibration.calibrated:
+            logger.warning("GenAU's score calibration is not estimated yet: scoring by the map maximum.")
+            return map_max
+        return self.calibration(map_max, log_odds)
 
     @staticmethod
     def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
         """Positions that skip padding, so left and right padding give the same states."""
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-    def prefill_inputs(self, encoded: dict[str, torch.Tensor], vision: object) -> dict:
+    def prefill_inputs(self, encoded: dict[str, torch.Tensor], vision: VisionFeatures) -> dict:
         """Keyword arguments of the prefill forward, with the vision output already computed."""
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "position_ids": self.position_ids(encoded["attention_mask"]),
-            "mm_encoder_outputs": {"image": vision},
+            "mm_encoder_outputs": {"image": vision.encoder_output},
         }
 
     def response_ids(self, response: str) -> list[int]:
@@ -253,17 +341,19 @@ class GenAUModel(nn.Module):
         input_ids, attention_mask, labels = self.append_responses(
             encoded["input_ids"], encoded["attention_mask"], responses
         )
-        vision, stages = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        vision = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
         output = self.llava(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=self.position_ids(attention_mask),
-            mm_encoder_outputs={"image": vision},
+            mm_encoder_outputs={"image": vision.encoder_output},
             labels=labels,
             output_hidden_states=True,
         )
         anchors = anchor_states(output.hidden_states[-1], input_ids, self.seg_ids)
-        return TeacherForcedOutput(lm_loss=output.loss, stage_logits=self.readout(stages, anchors, self.grid))
+        return TeacherForcedOutput(
+            lm_loss=output.loss, stage_logits=self.readout(vision.global_stages, anchors, self.grid)
+        )
 
     @torch.no_grad()
     def inspect(self, images: torch.Tensor, instructions: Sequence[str] | None = None) -> Inspection:
@@ -271,10 +361,12 @@ class GenAUModel(nn.Module):
 
         Decoding is greedy with the KV cache; if the model has not emitted
         ``[SEG_defect] [SEG_normal]`` within ``max_new_tokens``, the two tokens are appended
-        (``Inspection.forced`` says where), so every image gets a map.
+        (``Inspection.forced`` says where), so every image gets a map. The map fuses the
+        global view with the AnyRes high-res readout (``high_res_readout``); the score fuses
+        the map maximum with the decoder log-odds under the frozen calibration.
         """
         encoded = self.encode(images, instructions)
-        vision, stages = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        vision = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
         decoded = decode_with_anchors(
             self.llava,
             self.prefill_inputs(encoded, vision),
@@ -283,13 +375,20 @@ class GenAUModel(nn.Module):
             self.pad_id,
             self.max_new_tokens,
         )
-        logits = self.readout(stages, decoded.anchors, self.grid)
-        maps = anomaly_map(logits, tuple(images.shape[-2:]))
+        logits = self.readout(vision.global_stages, decoded.anchors, self.grid)
+        high_res = (
+            self.high_res_logits(vision, decoded.anchors, encoded["image_sizes"]) if self.high_res_readout else None
+        )
+        maps = anomaly_map(logits, tuple(images.shape[-2:]), high_res, self.high_res_weight)
+        map_max = maps.flatten(1).amax(dim=1)
+        log_probs = decoded.first_logits.log_softmax(dim=-1)
+        normal_id, defect_id = self.answer_ids
+        log_odds = log_probs[:, defect_id] - log_probs[:, normal_id]
         answers = [
             text.strip() for text in self.tokenizer.batch_decode(decoded.answer_tokens, skip_special_tokens=True)
         ]
-        batch = InferenceBatch(pred_score=maps.flatten(1).amax(dim=1), anomaly_map=maps)
-        return Inspection(batch=batch, answers=answers, forced=decoded.forced)
+        batch = InferenceBatch(pred_score=self.image_score(map_max, log_odds), anomaly_map=maps)
+        return Inspection(batch=batch, answers=answers, forced=decoded.forced, map_max=map_max, log_odds=log_odds)
 
     def forward(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, TrainableTokensConfig, get_peft_model
 from tokenizers import AddedToken
 from transformers import LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerBase
 
@@ -50,39 +50,55 @@ def add_segmentation_tokens(
     return ids[0], ids[1]
 
 
-def apply_lora(
+def apply_adapters(
     model: LlavaOnevisionForConditionalGeneration,
     token_ids: list[int],
+    lora: bool = True,
     rank: int = 8,
     alpha: int = 16,
     dropout: float = 0.05,
+    train_projector: bool = False,
+    train_vision: bool = False,
 ) -> PeftModel:
-    """Wrap with rank-stabilised LoRA on the decoder; train the new token rows and decoder norms.
+    """Wrap the model with peft and choose what trains (paper 4.5; ablations of Tables 2 and 13).
 
-    Everything else stays frozen: the vision tower, the multimodal projector, ``image_newline``
-    and the old embedding / LM-head rows (peft's ``trainable_token_indices`` trains a delta of
-    the listed rows only, so the base rows stay bit-identical).
+    By default: rank-stabilised LoRA on the decoder's linear layers, the new token rows of the
+    embedding and LM head (peft's trainable tokens train a delta of those rows only, the base
+    rows stay bit-identical) and the decoder norms. The vision tower, the multimodal projector,
+    ``image_newline`` and the old token rows stay frozen.
 
     Args:
         model: LLaVA-OneVision model with the segmentation tokens already added.
         token_ids: Ids of the new tokens.
+        lora: LoRA on the decoder; ``False`` keeps only the token rows and norms (ablation).
         rank: LoRA rank (project's choice: 8).
         alpha: LoRA alpha (project's choice: 16).
         dropout: LoRA dropout (project's choice: 0.05).
+        train_projector: Also train the multimodal projector (ablation).
+        train_vision: Also train the vision tower (ablation).
 
     """
     tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    token_targets = {"embed_tokens": token_ids} if tied else {"embed_tokens": token_ids, "lm_head": token_ids}
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        use_rslora=True,
-        target_modules=LLM_LINEAR_LAYERS,
-        trainable_token_indices=token_targets,
-    )
+    token_modules = ["embed_tokens"] if tied else ["embed_tokens", "lm_head"]
+    if lora:
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            use_rslora=True,
+            target_modules=LLM_LINEAR_LAYERS,
+            trainable_token_indices=dict.fromkeys(token_modules, token_ids),
+        )
+    else:
+        config = TrainableTokensConfig(target_modules=token_modules, token_indices=token_ids)
     peft_model = get_peft_model(model, config)
-    for name, parameter in peft_model.named_parameters():
-        if ".language_model." in name and "norm" in name:
+    base = peft_model.get_base_model()
+    for name, parameter in base.model.language_model.named_parameters():
+        if "norm" in name:
             parameter.requires_grad_(True)
+    for module, trainable in (
+        (base.model.multi_modal_projector, train_projector),
+        (base.model.vision_tower, train_vision),
+    ):
+        module.requires_grad_(trainable)
     return peft_model
