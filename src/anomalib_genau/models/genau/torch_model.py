@@ -165,6 +165,7 @@ class GenAUModel(nn.Module):
         self.high_res_weight = high_res_weight
         self.score_fusion = score_fusion
         self.calibration = ScoreCalibration(mixing_weight)
+        self.warned_uncalibrated = False
         self.answer_ids = self.first_answer_tokens()
         self.pad_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -274,7 +275,9 @@ class GenAUModel(nn.Module):
         if not self.score_fusion:
             return map_max
         if not self.calibration.calibrated:
-            logger.warning("GenAU's score calibration is not estimated yet: scoring by the map maximum.")
+            if not self.warned_uncalibrated:
+                logger.warning("GenAU's score calibration is not estimated yet: scoring by the map maximum.")
+                self.warned_uncalibrated = True
             return map_max
         return self.calibration(map_max, log_odds)
 
