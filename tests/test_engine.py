@@ -9,6 +9,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_genau import GenAU
+from anomalib_genau.backbone import build_tiny_backbone
 from anomalib_genau.data import GenAUDataModule
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
 
@@ -113,3 +114,28 @@ def test_training_learns_to_segment_held_out_images(tiny_backbone: Path, tmp_pat
     assert after["pixel_AUROC"] > before["pixel_AUROC"] + 0.2, (before, after)
     assert after["pixel_AUROC"] > 0.9, after
     assert after["image_AUROC"] > before["image_AUROC"] + 0.1, (before, after)
+
+
+def test_checkpoint_holds_only_what_training_changed(trained) -> None:
+    engine, model, _ = trained
+    checkpoint = torch.load(engine.trainer.checkpoint_callback.best_model_path, weights_only=True, map_location="cpu")
+    saved = checkpoint["state_dict"]
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable <= set(saved)
+    assert not any(key.startswith("model.vlm.") and key not in trainable for key in saved)
+    assert any(key.startswith("model.calibration.") for key in saved)
+    assert any(key.startswith("post_processor.") for key in saved)
+    assert checkpoint["genau_backbone"]["fingerprint"] == model.model.backbone_fingerprint
+    full = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    kept = sum(t.numel() * t.element_size() for t in saved.values())
+    assert kept < 0.2 * full
+
+
+def test_checkpoint_of_another_backbone_or_config_is_refused(trained, tmp_path: Path) -> None:
+    engine, _, _ = trained
+    path = engine.trainer.checkpoint_callback.best_model_path
+    other = build_tiny_backbone(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match=r"trained on backbone .* but the model loaded .*other"):
+        GenAU.load_from_checkpoint(path, backbone=str(other), weights_only=True)
+    with pytest.raises(RuntimeError, match="readout"):
+        GenAU.load_from_checkpoint(path, vision_layers=[3, 6], weights_only=True)

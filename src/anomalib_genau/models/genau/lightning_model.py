@@ -230,6 +230,53 @@ class GenAU(AnomalibModule):
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _trainable_keys(self) -> set[str]:
+        """State-dict keys of the parameters training changes."""
+        return {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+
+    def _backbone_keys(self, state_dict: dict[str, torch.Tensor]) -> set[str]:
+        """Keys of ``state_dict`` that the base backbone restores: its frozen weights and buffers."""
+        trainable = self._trainable_keys()
+        return {key for key in state_dict if key.startswith("model.vlm.") and key not in trainable}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save only what training changed, plus a reference to the base backbone.
+
+        The frozen backbone weights are left out (they are the backbone's own); kept are the
+        LoRA weights, the new-token deltas, the decoder norms, the readout projectors, the
+        score calibration and anomalib's post-processing state.
+        """
+        super().on_save_checkpoint(checkpoint)
+        state_dict = checkpoint["state_dict"]
+        for key in self._backbone_keys(state_dict):
+            del state_dict[key]
+        checkpoint["genau_backbone"] = {
+            "backbone": str(self.hparams.backbone),
+            "fingerprint": self.model.backbone_fingerprint,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another backbone; fill the frozen weights from this one's.
+
+        Raises:
+            ValueError: The checkpoint was trained on a backbone with other weights.
+
+        """
+        reference = checkpoint.get("genau_backbone")
+        if reference is not None:
+            if reference["fingerprint"] != self.model.backbone_fingerprint:
+                msg = (
+                    f"This checkpoint was trained on backbone '{reference['backbone']}' (fingerprint "
+                    f"{reference['fingerprint']}), but the model loaded '{self.hparams.backbone}' (fingerprint "
+                    f"{self.model.backbone_fingerprint}). Load it with --model.backbone set to its backbone."
+                )
+                raise ValueError(msg)
+            own = self.state_dict()
+            state_dict = checkpoint["state_dict"]
+            for key in self._backbone_keys(own):
+                state_dict.setdefault(key, own[key])
+        super().on_load_checkpoint(checkpoint)
+
     @property
     def trainer_arguments(self) -> dict[str, Any]:
         """No sanity validation: it would decode before training starts."""

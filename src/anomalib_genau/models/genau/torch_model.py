@@ -24,7 +24,7 @@ from .anyres import reassemble_tiles
 from .calibration import ScoreCalibration
 from .decoding import anchor_states, decode_with_anchors
 from .readout import AnchorReadout, anomaly_map
-from .vlm import add_segmentation_tokens, apply_adapters
+from .vlm import add_segmentation_tokens, apply_adapters, backbone_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class GenAUModel(nn.Module):
     ) -> None:
         super().__init__()
         llava, self.processor = load_backbone(backbone)
+        self.backbone_fingerprint = backbone_fingerprint(llava)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.seg_ids = add_segmentation_tokens(llava, self.tokenizer)

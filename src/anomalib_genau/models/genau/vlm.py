@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from peft import LoraConfig, PeftModel, TrainableTokensConfig, get_peft_model
 from tokenizers import AddedToken
@@ -12,6 +14,21 @@ from anomalib_genau.prompts import SEG_DEFECT, SEG_NORMAL
 # LoRA goes on the decoder's linear layers only; a plain list of names would also hit
 # SigLIP's q/k/v projections.
 LLM_LINEAR_LAYERS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def backbone_fingerprint(model: LlavaOnevisionForConditionalGeneration, samples: int = 64) -> str:
+    """A short content fingerprint of a backbone's weights, cheap even at 7B.
+
+    Hashes every tensor's name, shape and ``samples`` evenly strided values: two checkpoints
+    with the same architecture but different weights get different fingerprints.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // samples)][:samples]
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(sample.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def add_segmentation_tokens(
