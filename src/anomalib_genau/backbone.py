@@ -10,6 +10,7 @@ real code paths without network access.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -134,23 +135,50 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_backbone(
-    directory: str | Path,
-    image_size: int = 112,
-    patch_size: int = 8,
-    vision_layers: int = 6,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny random-initialised LLaVA-OneVision checkpoint and processor to ``directory``.
+@dataclass(frozen=True)
+class BackboneSize:
+    """Dimensions of a random LLaVA-OneVision (SigLIP vision tower + Qwen2 decoder)."""
+
+    image_size: int
+    patch_size: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    max_tiles_per_side: int
+    vocab_rows: int | None  # embedding rows; None: exactly the tokenizer's length
+    initializer_range: float
+
+
+# About 0.7 M parameters. initializer_range = 1/sqrt(hidden): logits of a random 128-wide model
+# can then reach the magnitudes a trained one has; Qwen2's 0.02 (made for 896+ wide models)
+# caps them near 2.5 and the tiny decoder barely learns.
+TINY = BackboneSize(112, 8, 64, 128, 6, 2, 128, 256, 2, 4, 2, 3, None, 128**-0.5)
+# The architecture of llava-hf/llava-onevision-qwen2-0.5b-ov-hf (SigLIP-so400m with 26 layers,
+# Qwen2-0.5B), for size and speed measurements with random weights.
+QWEN2_0_5B = BackboneSize(384, 14, 1152, 4304, 26, 16, 896, 4864, 24, 14, 2, 6, 151936, 0.02)
+
+
+def build_tiny_backbone(directory: str | Path, seed: int = 0) -> Path:
+    """Write the tiny random LLaVA-OneVision checkpoint and processor (see :func:`build_random_backbone`)."""
+    return build_random_backbone(directory, TINY, seed)
+
+
+def build_random_backbone(directory: str | Path, size: BackboneSize = TINY, seed: int = 0) -> Path:
+    """Write a random-initialised LLaVA-OneVision checkpoint and processor to ``directory``.
 
     The model uses the classes of the real checkpoints (SigLIP vision tower, Qwen2 decoder,
-    AnyRes ``anyres_max_9`` with pinpoints up to a 3x3 tile grid), at about 1 M parameters.
+    AnyRes ``anyres_max_9`` with pinpoints up to a ``max_tiles_per_side`` square grid); the
+    tokenizer is built offline (:func:`build_tiny_tokenizer`).
 
     Args:
         directory: Output directory (created).
-        image_size: Side of the global view and of each AnyRes tile, in pixels.
-        patch_size: SigLIP patch size; the global view is a ``image_size / patch_size`` grid.
-        vision_layers: Number of SigLIP layers (``hidden_states`` has one more entry).
+        size: Dimensions, e.g. :data:`TINY` or :data:`QWEN2_0_5B`.
         seed: Seed of the random weights; the same seed writes the same weights.
 
     Returns:
@@ -160,7 +188,9 @@ def build_tiny_backbone(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
-    pinpoints = [[image_size * rows, image_size * cols] for rows in range(1, 4) for cols in range(1, 4)]
+    image_size, patch_size = size.image_size, size.patch_size
+    tiles = range(1, size.max_tiles_per_side + 1)
+    pinpoints = [[image_size * rows, image_size * cols] for rows in tiles for cols in tiles]
     image_processor = LlavaOnevisionImageProcessor(
         size={"height": image_size, "width": image_size},
         image_grid_pinpoints=pinpoints,
@@ -177,26 +207,24 @@ def build_tiny_backbone(
         chat_template=CHAT_TEMPLATE,
     )
     vision_config = SiglipVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_intermediate,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
         image_size=image_size,
         patch_size=patch_size,
         vision_use_head=False,
     )
     text_config = Qwen2Config(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=4096,
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_kv_heads,
+        vocab_size=size.vocab_rows or len(tokenizer),
+        max_position_embeddings=32768,
         tie_word_embeddings=True,
-        # 1/sqrt(hidden): logits of a random 128-wide model can then reach the magnitudes a
-        # trained one has; Qwen2's 0.02 (made for 896+ wide models) caps them near 2.5.
-        initializer_range=128**-0.5,
+        initializer_range=size.initializer_range,
     )
     config = LlavaOnevisionConfig(
         vision_config=vision_config.to_dict(),
