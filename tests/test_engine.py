@@ -7,6 +7,7 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
+from lightning.pytorch import Callback, seed_everything
 
 from anomalib_genau import GenAU
 from anomalib_genau.backbone import build_tiny_backbone
@@ -139,3 +140,45 @@ def test_checkpoint_of_another_backbone_or_config_is_refused(trained, tmp_path: 
         GenAU.load_from_checkpoint(path, backbone=str(other), weights_only=True)
     with pytest.raises(RuntimeError, match="readout"):
         GenAU.load_from_checkpoint(path, vision_layers=[3, 6], weights_only=True)
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_next_step_loss(
+    tiny_backbone: Path, source_root: Path, target_root: Path, tmp_path: Path
+) -> None:
+    """Seeded: stop after epoch 1, resume from its checkpoint; epoch 2's first loss matches an
+    uninterrupted run. LoRA dropout is off: the global RNG it draws from is not checkpointed."""
+    losses: dict[str, list[float]] = {}
+
+    class Record(Callback):
+        def __init__(self, key: str, stop_after_epoch: int | None = None) -> None:
+            self.key, self.stop_after_epoch = key, stop_after_epoch
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            losses.setdefault(self.key, []).append(float(outputs["loss"]))
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if trainer.current_epoch + 1 == self.stop_after_epoch:
+                trainer.should_stop = True
+
+    def run(key: str, stop_after_epoch: int | None = None, ckpt_path: str | None = None) -> Engine:
+        seed_everything(0)
+        model = GenAU(backbone=str(tiny_backbone), lora_dropout=0.0, learning_rate=1e-3, max_new_tokens=4)
+        engine = Engine(
+            max_epochs=2,
+            default_root_dir=tmp_path / key,
+            callbacks=[Record(key, stop_after_epoch)],
+            logger=False,
+            enable_progress_bar=False,
+        )
+        engine.fit(model=model, datamodule=_datamodule(source_root, target_root), ckpt_path=ckpt_path)
+        return engine
+
+    run("uninterrupted")
+    interrupted = run("interrupted", stop_after_epoch=1)
+    checkpoint = interrupted.trainer.checkpoint_callback.best_model_path
+    run("resumed", ckpt_path=checkpoint)
+    steps_per_epoch = len(losses["interrupted"])
+    assert len(losses["resumed"]) == steps_per_epoch == len(losses["uninterrupted"]) // 2
+    assert losses["interrupted"] == pytest.approx(losses["uninterrupted"][:steps_per_epoch], rel=1e-6)
+    assert losses["resumed"][0] == pytest.approx(losses["uninterrupted"][steps_per_epoch], rel=1e-5)
+    assert losses["resumed"] == pytest.approx(losses["uninterrupted"][steps_per_epoch:], rel=1e-4)

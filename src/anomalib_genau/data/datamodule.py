@@ -9,19 +9,45 @@ validation part gives anomalib's PostProcessor its thresholds and never sees tar
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.utils.split import random_split
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import Transform
 
 from anomalib_genau import prompts
 from anomalib_genau.taxonomy import DATAMODULE_TO_DATASET, defect_types, object_name
 
 from .dataclasses import GenAUBatch, GenAUItem
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A shuffle that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` at the start of every epoch, so a run resumed from a
+    checkpoint sees the batches an uninterrupted run would (a ``RandomSampler`` draws from the
+    global RNG, whose state a checkpoint does not keep).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class InstructionDataset(Dataset):
@@ -152,6 +178,16 @@ class GenAUDataModule(AnomalibDataModule):
         for datamodule in (self.source, self.target):
             if datamodule is not None:
                 datamodule.prepare_data()
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches whose order is a function of ``(seed, epoch)``."""
+        return DataLoader(
+            self.train_data,
+            batch_size=self.train_batch_size,
+            sampler=EpochSeededSampler(len(self.train_data), self.seed),
+            num_workers=self.num_workers,
+            collate_fn=self.train_data.collate_fn,
+        )
 
     def _create_test_split(self) -> None:
         """Keep the target's test split whole: ``_setup`` already defines every split."""
