@@ -106,7 +106,7 @@ def test_training_learns_to_segment_held_out_images(tiny_backbone: Path, tmp_pat
     source = generate_mvtec_dataset(tmp_path / "source", seed=10, **size)
     target = generate_mvtec_dataset(tmp_path / "target", seed=11, **size)
     torch.manual_seed(0)
-    model = GenAU(backbone=str(tiny_backbone), learning_rate=1e-3, max_new_tokens=8, score_fusion=False)
+    model = GenAU(backbone=str(tiny_backbone), learning_rate=2e-3, max_new_tokens=8, score_fusion=False)
     datamodule = _datamodule(source, target)
     engine = _engine(tmp_path / "results", epochs=8)
     before = engine.test(model=model, datamodule=datamodule)[0]
