@@ -101,9 +101,9 @@ def demo(args: argparse.Namespace) -> None:
     steps = engine.trainer.global_step
     summary = {**columns, "train_and_test_seconds": seconds, "steps": steps}
     (run_dir / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
-    print("\n" + f"{'metric':<16}" + "".join(f"{name:>20}" for name in columns))
+    print("\n" + f"{'metric':<16}" + "".join(f"{name:>24}" for name in columns))
     for key in sorted(columns["trained"]):
-        print(f"{key:<16}" + "".join(f"{values.get(key, float('nan')):>20.4f}" for values in columns.values()))
+        print(f"{key:<16}" + "".join(f"{values.get(key, float('nan')):>24.4f}" for values in columns.values()))
     print(f"{steps} training steps, train + test {seconds:.1f} s; metrics and pictures in {run_dir}")
 
 
