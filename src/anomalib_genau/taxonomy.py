@@ -9,6 +9,7 @@ uses the normalised defect folder name itself as the type.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cache
 from importlib.resources import files
 
@@ -18,6 +19,21 @@ NORMAL_NAMES = frozenset({"good", "normal", "ok"})
 
 # anomalib datamodule class name -> dataset key of the taxonomy file.
 DATAMODULE_TO_DATASET = {"MVTecAD": "mvtec_ad", "Visa": "visa", "MPDD": "mpdd", "RealIAD": "real_iad"}
+
+# Datasets whose mapping the paper's table does not give legibly (see the taxonomy file's header).
+PROVISIONAL_DATASETS = frozenset({"mpdd"})
+
+# Real-IAD defect codes (in folder and file names) -> the taxonomy's original defect names.
+REAL_IAD_CODES = {
+    "AK": "pit",
+    "BX": "deformation",
+    "CH": "abrasion",
+    "HS": "scratch",
+    "PS": "damage",
+    "QS": "missing_parts",
+    "YW": "foreign_objects",
+    "ZW": "contamination",
+}
 
 
 class UnknownDefectError(KeyError):
@@ -58,7 +74,7 @@ def product_mapping(dataset: str | None, product: str) -> dict[str, list[str]] |
 
 
 def defect_types(dataset: str | None, product: str, defect_name: str) -> list[str]:
-    """Coarse defect type(s) of one sample; ``[]`` for a normal sample.
+    """Coarse defect type(s) of one original defect name; ``[]`` for a normal name.
 
     Args:
         dataset: Taxonomy dataset key (``"mvtec_ad"``, ``"visa"``, ``"mpdd"``, ``"real_iad"``) or
@@ -88,3 +104,15 @@ def defect_types(dataset: str | None, product: str, defect_name: str) -> list[st
 def object_name(product: str) -> str:
     """Object name used in prompts: the product folder name in words (``"metal_nut" -> "metal nut"``)."""
     return re.sub(r"[_\-]+", " ", product).strip() or "object"
+
+
+def sample_defect_types(dataset: str | None, product: str, defect_names: Iterable[str]) -> list[str]:
+    """Coarse types of a sample with one or more original defect names, in first-seen order.
+
+    VisA images can carry several labels ("chunk of wax missing,different color spot"); their
+    coarse types are united, so the sample is multi-label as in the paper.
+    """
+    types: list[str] = []
+    for name in defect_names:
+        types.extend(t for t in defect_types(dataset, product, name) if t not in types)
+    return types

@@ -1,7 +1,7 @@
-"""GenAU data: the source/target datamodule, dialogue-carrying batches, synthetic datasets."""
+"""GenAU data: source/target datamodules, dialogue-carrying batches, generated datasets."""
 
 from .dataclasses import GenAUBatch, GenAUItem
-from .datamodule import GenAUDataModule, InstructionDataset
+from .datamodule import CrossDataset, GenAUDataModule, InstructionDataset
 from .synthetic import generate_mvtec_dataset
 
-__all__ = ["GenAUBatch", "GenAUDataModule", "GenAUItem", "InstructionDataset", "generate_mvtec_dataset"]
+__all__ = ["CrossDataset", "GenAUBatch", "GenAUDataModule", "GenAUItem", "InstructionDataset", "generate_mvtec_dataset"]
