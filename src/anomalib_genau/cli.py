@@ -23,19 +23,20 @@ def tiny_backbone(args: argparse.Namespace) -> None:
 
 
 def synthetic_data(args: argparse.Namespace) -> None:
-    """Write a synthetic MVTec-AD-layout dataset."""
-    from anomalib_genau.data.synthetic import generate_mvtec_dataset
+    """Write a generated dataset in the MVTec-AD, MPDD, VisA or Real-IAD layout (or all four)."""
+    from anomalib_genau.data.synthetic import LAYOUT_GENERATORS
 
-    print(
-        generate_mvtec_dataset(
-            args.directory,
-            n_train=args.n_train,
-            n_test_good=args.n_test_good,
-            n_test_per_defect=args.n_test_per_defect,
-            image_size=args.image_size,
-            seed=args.seed,
-        )
-    )
+    counts = {
+        "n_train": args.n_train,
+        "n_test_good": args.n_test_good,
+        "n_test_per_defect": args.n_test_per_defect,
+        "image_size": args.image_size,
+    }
+    if args.layout == "all":
+        for layout, generate in LAYOUT_GENERATORS.items():
+            print(generate(args.directory / layout, seed=args.seed, **counts))
+    else:
+        print(LAYOUT_GENERATORS[args.layout](args.directory, seed=args.seed, **counts))
 
 
 def prepare_demo_artifacts(workdir: Path) -> None:
@@ -119,6 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     data = commands.add_parser("synthetic-data", help=synthetic_data.__doc__)
     data.add_argument("directory", type=Path)
+    data.add_argument(
+        "--layout",
+        choices=["MVTecAD", "MPDD", "Visa", "RealIAD", "all"],
+        default="MVTecAD",
+        help="dataset layout; 'all' writes one sub-folder per layout",
+    )
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--n-train", type=int, default=8)
     data.add_argument("--n-test-good", type=int, default=12)

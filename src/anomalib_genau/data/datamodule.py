@@ -23,7 +23,7 @@ from anomalib import TaskType
 from anomalib.data import AnomalibDataModule
 from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.utils.image import read_mask
-from anomalib.data.utils.split import random_split
+from anomalib.data.utils.split import TestSplitMode, ValSplitMode, random_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
@@ -340,8 +340,19 @@ class GenAUDataModule(AnomalibDataModule):
 
     @staticmethod
     def _category_data(datamodules: list[AnomalibDataModule]) -> list[CategoryData]:
+        """Each datamodule's test split as the dataset ships it.
+
+        GenAU splits off its own validation set, so the wrapped datamodules keep their test
+        split whole: normal test images stay in it (``RealIAD`` defaults to dropping them) and
+        no validation set is taken out of it.
+        """
         parts = []
         for datamodule in datamodules:
+            datamodule.test_split_mode = TestSplitMode.FROM_DIR
+            datamodule.val_split_mode = ValSplitMode.SAME_AS_TEST
+            source = DATASET_SOURCES.get(type(datamodule).__name__)
+            if source is not None and source.check_masks is not None:
+                source.check_masks(datamodule)
             datamodule.setup()
             parts.append(category_data(datamodule))
         return parts

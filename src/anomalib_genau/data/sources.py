@@ -22,9 +22,35 @@ def _mvtec_layout_categories(root: Path, _options: Mapping[str, Any]) -> list[st
     return sorted(path.name for path in root.iterdir() if (path / "test").is_dir())
 
 
+def _check_mvtec_layout_masks(datamodule: AnomalibDataModule) -> None:
+    """Every anomalous test image needs ``ground_truth/<defect>/<stem>[_mask].*``.
+
+    anomalib's MVTec-layout loaders fail inside pandas when a mask is missing; this names the images.
+
+    Raises:
+        FileNotFoundError: Some anomalous images have no mask file.
+
+    """
+    folder = Path(datamodule.root) / datamodule.category
+    missing = []
+    for image in sorted((folder / "test").glob("*/*")):
+        defect = image.parent.name
+        if defect == "good" or not image.is_file():
+            continue
+        masks = folder / "ground_truth" / defect
+        if not any(masks.glob(f"{image.stem}.*")) and not any(masks.glob(f"{image.stem}_mask.*")):
+            missing.append(str(image))
+    if missing:
+        msg = (
+            f"{len(missing)} anomalous image(s) in {folder} have no mask in ground_truth/<defect>/ "
+            f"(<name>_mask.png or <name>.png): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+        raise FileNotFoundError(msg)
+
+
 def _visa_categories(root: Path, _options: Mapping[str, Any]) -> list[str]:
-    """Raw VisA category folders (those with the ``image_anno.csv`` the defect types come from)."""
-    return sorted(path.parent.name for path in root.glob("*/image_anno.csv"))
+    """Raw VisA category folders (``<category>/Data``; the defect types come from their ``image_anno.csv``)."""
+    return sorted(path.parent.name for path in root.glob("*/Data") if path.is_dir())
 
 
 def _realiad_categories(root: Path, options: Mapping[str, Any]) -> list[str]:
@@ -42,6 +68,9 @@ class DatasetSource:
         categories: ``(root, options) -> categories`` present on disk.
         defect_names: ``datamodule -> reader`` of the original defect names of its samples.
         default_options: Keyword arguments of the datamodule that the protocol fixes by default.
+        check_masks: Raises a clear error before anomalib's loader would fail on a missing mask;
+            ``None`` where anomalib reads a missing mask as an empty path (then the sample is
+            left out and counted, see :class:`~anomalib_genau.data.datamodule.CategoryData`).
 
     """
 
@@ -50,6 +79,7 @@ class DatasetSource:
     categories: Callable[[Path, Mapping[str, Any]], list[str]]
     defect_names: Callable[[AnomalibDataModule], DefectNameReader]
     default_options: Mapping[str, Any] = field(default_factory=dict)
+    check_masks: Callable[[AnomalibDataModule], None] | None = None
 
     def build(self, root: Path, category: str, options: Mapping[str, Any]) -> AnomalibDataModule:
         """The anomalib datamodule of one category."""
@@ -58,8 +88,16 @@ class DatasetSource:
 
 
 DATASET_SOURCES: Mapping[str, DatasetSource] = {
-    "MVTecAD": DatasetSource("MVTecAD", "mvtec_ad", _mvtec_layout_categories, lambda _: folder_defect_names),
-    "MPDD": DatasetSource("MPDD", "mpdd", _mvtec_layout_categories, lambda _: folder_defect_names),
+    "MVTecAD": DatasetSource(
+        "MVTecAD",
+        "mvtec_ad",
+        _mvtec_layout_categories,
+        lambda _: folder_defect_names,
+        check_masks=_check_mvtec_layout_masks,
+    ),
+    "MPDD": DatasetSource(
+        "MPDD", "mpdd", _mvtec_layout_categories, lambda _: folder_defect_names, check_masks=_check_mvtec_layout_masks
+    ),
     "Visa": DatasetSource(
         "Visa", "visa", _visa_categories, lambda datamodule: VisaDefectNames(datamodule.root, datamodule.category)
     ),

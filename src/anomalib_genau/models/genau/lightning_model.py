@@ -31,10 +31,13 @@ from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import Resize
 from transformers import get_cosine_schedule_with_warmup
+
+from anomalib_genau.report import CategoryReport
 
 from .loss import GenAULoss
 from .torch_model import GenAUModel
@@ -151,6 +154,11 @@ class GenAU(AnomalibModule):
             F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
         ]
         return Evaluator(test_metrics=test_metrics)
+
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """Anomalib's component callbacks plus the per-category test report."""
+        callbacks = super().configure_callbacks()
+        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), CategoryReport()]
 
     @classmethod
     def configure_visualizer(cls) -> GenAUVisualizer:
