@@ -23,6 +23,11 @@ def test_artifact_commands(tmp_path: Path) -> None:
     assert (tmp_path / "tiny" / "processor_config.json").is_file()
     _run(str(BIN / "anomalib-genau"), "synthetic-data", "data", "--n-test-per-defect", "2", cwd=tmp_path)
     assert len(list((tmp_path / "data" / "carpet" / "ground_truth" / "hole").glob("*_mask.png"))) == 2
+    _run(str(BIN / "anomalib-genau"), "synthetic-data", "all", "--layout", "all", "--image-size", "32", cwd=tmp_path)
+    assert (tmp_path / "all" / "MPDD" / "bracket_black" / "ground_truth" / "hole").is_dir()
+    assert (tmp_path / "all" / "Visa" / "split_csv" / "1cls.csv").is_file()
+    assert (tmp_path / "all" / "Visa" / "candle" / "image_anno.csv").is_file()
+    assert (tmp_path / "all" / "RealIAD" / "realiad_jsons" / "realiad_jsons_sv" / "audiojack.json").is_file()
 
 
 def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Path) -> None:
@@ -34,7 +39,13 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     summary = json.loads(summary_file.read_text())
     assert summary["steps"] > 0
     assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(summary["trained"]) & set(summary["untrained"])
-    assert list(summary_file.parent.rglob("images/**/*.png"))
+    pictures = list((summary_file.parent / "images").rglob("*.png"))
+    assert {picture.relative_to(summary_file.parent / "images").parts[0] for picture in pictures} == {
+        "carpet",
+        "leather",
+        "tile",
+    }
+    assert len(pictures) == 3 * (12 + 3 * 8)  # one per test image: categories do not overwrite each other
     checkpoint = next(summary_file.parent.rglob("*.ckpt"))
 
     # the same config through anomalib's own command, after the demo wrote backbone and data
@@ -42,6 +53,9 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
 
     tested = _run(str(BIN / "anomalib"), "test", "--config", config, "--ckpt_path", str(checkpoint), cwd=tmp_path)
     assert "pixel_AUROC" in tested.stdout
+    assert "| mvtec_ad | carpet |" in tested.stdout
+    assert "| mvtec_ad | tile |" in tested.stdout
+    assert (summary_file.parent / "category_report.csv").is_file()
 
     images = tmp_path / "datasets" / "genau_synthetic" / "target" / "carpet" / "test" / "hole"
     predicted = _run(
@@ -51,6 +65,10 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
         "GenAU",
         "--model.backbone",
         "./backbones/genau-tiny",
+        "--model.lora_rank",
+        "32",
+        "--model.lora_alpha",
+        "64",
         "--ckpt_path",
         str(checkpoint),
         "--data",

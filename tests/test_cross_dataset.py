@@ -172,3 +172,13 @@ def test_image_modes_are_converted_by_value(tmp_path: Path) -> None:
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(BrokenImageError, match=r"text\.png"):
         read_rgb(tmp_path / "text.png")
+
+
+def test_setup_reads_no_image(generated_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    original = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or original(path, *a, **k))
+    datamodule = _cross(generated_root, "RealIAD")
+    assert opened == []  # samples stay paths until an item is read
+    item = datamodule.test_data[0]
+    assert opened == [item.image_path, item.mask_path]  # one item reads its image and its mask only

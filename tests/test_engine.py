@@ -138,8 +138,10 @@ def test_checkpoint_of_another_backbone_or_config_is_refused(trained, tmp_path: 
     other = build_tiny_backbone(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match=r"trained on backbone .* but the model loaded .*other"):
         GenAU.load_from_checkpoint(path, backbone=str(other), weights_only=True)
-    with pytest.raises(RuntimeError, match="readout"):
+    with pytest.raises(ValueError, match=r"trained with vision_layers=None.*built with vision_layers=\[3, 6\]"):
         GenAU.load_from_checkpoint(path, vision_layers=[3, 6], weights_only=True)
+    with pytest.raises(ValueError, match=r"Pass --model\.lora_rank 8 --model\.lora_alpha 16"):
+        GenAU.load_from_checkpoint(path, lora_rank=4, lora_alpha=8, weights_only=True)
 
 
 def test_resuming_from_a_checkpoint_gives_the_same_next_step_loss(

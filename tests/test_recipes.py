@@ -20,7 +20,7 @@ def test_recipe_parses(recipe: str, repo_root: Path) -> None:
     assert "llava-hf/llava-onevision-qwen2-" in printed
     assert "precision: bf16-mixed" in printed
     assert "max_epochs: 1" in printed
-    assert "class_path: anomalib_genau.data.GenAUDataModule" in printed
+    assert "class_path: anomalib_genau.data.CrossDataset" in printed
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -29,11 +29,11 @@ def test_recipe_trains_one_step_on_cpu_with_the_tiny_backbone(
 ) -> None:
     hardware = ["--trainer.accelerator=cpu", "--trainer.strategy=auto", "--trainer.devices=1"]
     data = [
-        f"--data.source.root={source_root}",
-        "--data.source.category=carpet",
+        f"--data.source_root={source_root}",
+        "--data.source_categories=[carpet]",
         "--data.target=MVTecAD",
-        f"--data.target.root={target_root}",
-        "--data.target.category=carpet",
+        f"--data.target_root={target_root}",
+        "--data.target_categories=[carpet]",
         "--data.num_workers=0",
     ]
     cli = AnomalibCLI(

@@ -74,7 +74,7 @@ def test_cli_parses_the_dotted_path_and_the_shipped_tiny_config(repo_root: Path)
     )
     model_config, tiny_config = _python(code).splitlines()
     assert "class_path: anomalib_genau.GenAU" in model_config
-    assert "class_path: anomalib_genau.data.GenAUDataModule" in tiny_config
+    assert "class_path: anomalib_genau.data.CrossDataset" in tiny_config
     assert "backbone: ./backbones/genau-tiny" in tiny_config
 
 

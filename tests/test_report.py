@@ -3,12 +3,14 @@
 import csv
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from anomalib.engine import Engine
 
 from anomalib_genau import GenAU
-from anomalib_genau.data import CrossDataset
+from anomalib_genau.data import CrossDataset, GenAUBatch
 from anomalib_genau.data.synthetic import LAYOUT_GENERATORS
 from anomalib_genau.report import CategoryReport, CategoryRow
 
@@ -76,3 +78,35 @@ def test_report_rows_equal_anomalib_metrics_of_each_category(
         assert float(row["Pixel AUPRO"]) == pytest.approx(100 * alone["pixel_AUPRO"], abs=0.006)
     mean = sum(float(rows[c]["Image AP"]) for c in ("candle", "pcb1")) / 2
     assert float(rows["mean"]["Image AP"]) == pytest.approx(mean, abs=0.006)
+
+
+def _batch(category: str, labels: list[int]) -> GenAUBatch:
+    size = len(labels)
+    masks = torch.zeros(size, 8, 8, dtype=torch.bool)
+    for row, label in enumerate(labels):
+        masks[row, :4, :4] = bool(label)
+    return GenAUBatch(
+        image=torch.rand(size, 3, 8, 8),
+        gt_label=torch.tensor(labels),
+        gt_mask=masks,
+        anomaly_map=torch.rand(size, 8, 8) + masks.float(),
+        pred_score=torch.tensor(labels, dtype=torch.float32) + 0.1 * torch.rand(size),
+        category=[category] * size,
+    )
+
+
+def test_a_category_is_computed_and_freed_when_the_next_one_starts(tmp_path: Path) -> None:
+    report = CategoryReport()
+    trainer = SimpleNamespace(world_size=1, datamodule=None, is_global_zero=True, default_root_dir=tmp_path)
+    report.on_test_epoch_start(trainer, None)
+    report.on_test_batch_end(trainer, None, _batch("candle", [0, 1, 0, 1]), None, 0)
+    report.on_test_batch_end(trainer, None, _batch("candle", [1, 0]), None, 1)
+    assert list(report.metrics) == ["candle"]
+    report.on_test_batch_end(trainer, None, _batch("pcb1", [1, 0, 1]), None, 2)
+    assert list(report.metrics) == ["pcb1"]  # only the streaming category holds state
+    assert report.rows["candle"].values["Image AUROC"] == pytest.approx(1.0)
+    assert report.rows["candle"].images == 6
+    trainer.test_dataloaders = []
+    report.on_test_epoch_end(trainer, None)
+    assert report.metrics == {}
+    assert (tmp_path / "category_report.csv").is_file()

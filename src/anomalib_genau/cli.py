@@ -12,7 +12,7 @@ DEMO_BACKBONE = Path("backbones/genau-tiny")
 DEMO_DATA = Path("datasets/genau_synthetic")
 DEMO_CONFIG = Path("configs/genau_tiny.yaml")
 DEMO_SOURCE_SEED, DEMO_TARGET_SEED = 0, 1
-DEMO_DATA_SIZE = {"n_train": 4, "n_test_good": 20, "n_test_per_defect": 12, "image_size": 224}
+DEMO_DATA_SIZE = {"n_train": 4, "n_test_good": 12, "n_test_per_defect": 8, "image_size": 224}
 
 
 def tiny_backbone(args: argparse.Namespace) -> None:

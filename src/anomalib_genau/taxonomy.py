@@ -16,6 +16,7 @@ from importlib.resources import files
 import yaml
 
 NORMAL_NAMES = frozenset({"good", "normal", "ok"})
+NORMAL_LABEL = "normal"
 
 # anomalib datamodule class name -> dataset key of the taxonomy file.
 DATAMODULE_TO_DATASET = {"MVTecAD": "mvtec_ad", "Visa": "visa", "MPDD": "mpdd", "RealIAD": "real_iad"}
@@ -116,3 +117,25 @@ def sample_defect_types(dataset: str | None, product: str, defect_names: Iterabl
     for name in defect_names:
         types.extend(t for t in defect_types(dataset, product, name) if t not in types)
     return types
+
+
+def product_candidates(dataset: str | None, product: str) -> list[str] | None:
+    """The product's candidate coarse types (sorted, unique), or ``None`` when the taxonomy lacks it."""
+    mapping = product_mapping(dataset, product)
+    if mapping is None:
+        return None
+    return sorted({coarse for types in mapping.values() for coarse in types})
+
+
+@cache
+def type_vocabulary() -> tuple[str, ...]:
+    """Labels of the multi-type metric: ``"normal"`` first, then every coarse type of the taxonomy, sorted.
+
+    One fixed vocabulary for every target: weighted precision, recall and F1 weight each label
+    by its support, so labels a target does not have change nothing, and predictions are
+    limited to each product's candidates, which belong to its target's vocabulary.
+    """
+    types = {
+        coarse for products in load_taxonomy().values() for m in products.values() for t in m.values() for coarse in t
+    }
+    return (NORMAL_LABEL, *sorted(types))

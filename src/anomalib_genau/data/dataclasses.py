@@ -1,16 +1,39 @@
-"""anomalib image items and batches that also carry GenAU's dialogue.
+"""anomalib image items and batches that also carry GenAU's dialogue and defect types.
 
-Extra fields: ``category`` (product folder), ``defect_type`` (coarse types joined by
-``", "``; empty for normal images), ``instruction`` and ``response`` (the training target,
-ending with ``[SEG_defect] [SEG_normal]``).
+Extra fields:
+
+- ``category`` (product folder), ``defect_type`` (coarse types joined by ``", "``; empty for
+  normal images), ``instruction`` and ``response`` (the training target, ending with
+  ``[SEG_defect] [SEG_normal]``);
+- ``type_instruction`` and ``type_candidates`` (``", "``-joined): the multi-type question;
+- ``gt_types`` and ``pred_types``: ``(L,)`` multi-hot labels over
+  :func:`~anomalib_genau.taxonomy.type_vocabulary` (``L`` labels, ``normal`` first);
+- ``pred_defect_type``: the predicted types joined by ``", "`` (empty for normal).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from anomalib.data import ImageBatch, ImageItem
+
+from anomalib_genau.taxonomy import type_vocabulary
+
+
+def type_labels(types: Sequence[str]) -> torch.Tensor:
+    """``(L,)`` int multi-hot over the type vocabulary; ``normal`` when ``types`` is empty.
+
+    Types outside the vocabulary (a product the taxonomy lacks) are not scored.
+    """
+    vocabulary = type_vocabulary()
+    labels = torch.zeros(len(vocabulary), dtype=torch.long)
+    for name in types or ["normal"]:
+        if name in vocabulary:
+            labels[vocabulary.index(name)] = 1
+    return labels
 
 
 @dataclass
@@ -21,6 +44,11 @@ class GenAUItem(ImageItem):
     defect_type: str | None = None
     instruction: str | None = None
     response: str | None = None
+    type_instruction: str | None = None
+    type_candidates: str | None = None
+    gt_types: torch.Tensor | None = None
+    pred_types: torch.Tensor | None = None
+    pred_defect_type: str | None = None
 
 
 @dataclass
@@ -32,3 +60,8 @@ class GenAUBatch(ImageBatch):
     defect_type: list[str] | None = None
     instruction: list[str] | None = None
     response: list[str] | None = None
+    type_instruction: list[str] | None = None
+    type_candidates: list[str] | None = None
+    gt_types: torch.Tensor | None = None
+    pred_types: torch.Tensor | None = None
+    pred_defect_type: list[str] | None = None

@@ -12,7 +12,7 @@ import logging
 import random
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,15 @@ from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
 
 from anomalib_genau import prompts
-from anomalib_genau.taxonomy import DATAMODULE_TO_DATASET, object_name, sample_defect_types
+from anomalib_genau.taxonomy import (
+    DATAMODULE_TO_DATASET,
+    object_name,
+    product_candidates,
+    sample_defect_types,
+    type_vocabulary,
+)
 
-from .dataclasses import GenAUBatch, GenAUItem
+from .dataclasses import GenAUBatch, GenAUItem, type_labels
 from .defect_names import DefectNameReader, folder_defect_names
 from .images import read_rgb
 from .sources import DATASET_SOURCES, dataset_source, resolve_categories
@@ -71,12 +77,14 @@ class CategoryData:
     Built by :meth:`from_dataset`, which maps every anomalous sample's defect names through the
     taxonomy (so an unknown name fails at setup, not mid-epoch) and leaves out anomalous
     samples without a readable mask file, counting them: GenAU's segmentation target and the
-    pixel metrics need the mask.
+    pixel metrics need the mask. ``candidates`` are the product's coarse types for the
+    multi-type instruction: the taxonomy's, or for a product it lacks, the types its samples have.
     """
 
     dataset: AnomalibDataset
     category: str
     taxonomy_key: str | None
+    candidates: list[str] = field(default_factory=list)
     without_mask: int = 0
 
     @classmethod
@@ -101,14 +109,17 @@ class CategoryData:
             )
         dataset = dataset.subsample(keep)
         dataset.samples["defect_type"] = [types[index] for index in keep]
-        return cls(dataset, category, taxonomy_key, without_mask=len(samples) - len(keep))
+        candidates = product_candidates(taxonomy_key, category)
+        if candidates is None:
+            candidates = sorted({t for joined in types for t in joined.split(", ") if t})
+        return cls(dataset, category, taxonomy_key, candidates, without_mask=len(samples) - len(keep))
 
     def split(self, ratio: float, seed: int) -> tuple[CategoryData, CategoryData]:
         """Label-stratified split into ``(1 - ratio, ratio)`` parts."""
         first, second = random_split(self.dataset, ratio, label_aware=True, seed=seed)
         return (
-            CategoryData(first, self.category, self.taxonomy_key, self.without_mask),
-            CategoryData(second, self.category, self.taxonomy_key, 0),
+            CategoryData(first, self.category, self.taxonomy_key, self.candidates, self.without_mask),
+            CategoryData(second, self.category, self.taxonomy_key, self.candidates),
         )
 
 
@@ -122,24 +133,49 @@ class UnreadableSample:
 
 
 class InstructionDataset(Dataset):
-    """The samples of one or more categories, each item with GenAU's instruction and response.
+    """The samples of one or more categories, each item with GenAU's instructions and responses.
 
     Samples are read lazily, one file per item. Images are read by :func:`read_rgb` (any bit
     depth or mode); an unreadable image or mask becomes an :class:`UnreadableSample`, which
     :class:`ReadableBatchLoader` leaves out and counts.
 
+    Every item carries the binary ``instruction`` and ``response`` it trains on, the
+    multi-type ``type_instruction`` with its ``type_candidates``, and ``gt_types``, the
+    multi-hot label over :func:`~anomalib_genau.taxonomy.type_vocabulary`. Samples with
+    ``question`` and ``answer`` columns (an instruction file) train on those instead.
+
     Args:
         parts: The categories, in order; items of a category are contiguous.
-        paraphrase_seed: Seed of per-sample paraphrased instructions; ``None`` uses the
-            canonical instruction (evaluation).
+        paraphrase_seed: Seed of per-sample paraphrased instructions and of the instruction mix;
+            ``None`` uses the canonical binary instruction (evaluation).
+        multi_type_ratio: Fraction of training items whose instruction is the multi-type one
+            (only with ``paraphrase_seed``).
+
+    Raises:
+        ValueError: ``multi_type_ratio`` is positive and a category has no candidate type.
 
     """
 
-    def __init__(self, parts: Sequence[CategoryData], paraphrase_seed: int | None = None) -> None:
+    def __init__(
+        self, parts: Sequence[CategoryData], paraphrase_seed: int | None = None, multi_type_ratio: float = 0.0
+    ) -> None:
         super().__init__()
         self.parts = list(parts)
         self.paraphrase_seed = paraphrase_seed
+        self.multi_type_ratio = multi_type_ratio
         self.ends = list(accumulate(len(part.dataset) for part in self.parts))
+        if multi_type_ratio > 0:
+            for part in self.parts:
+                if not part.candidates:
+                    msg = (
+                        f"Category '{part.category}' has no candidate defect type for the multi-type "
+                        "instruction (no taxonomy entry and no anomalous sample); set multi_type_ratio=0."
+                    )
+                    raise ValueError(msg)
+        vocabulary = type_vocabulary()
+        unknown = {t for part in self.parts for t in part.candidates if t not in vocabulary}
+        if unknown:
+            logger.warning("Types outside the taxonomy are not scored by the type metric: %s", sorted(unknown))
 
     def __len__(self) -> int:
         return self.ends[-1] if self.ends else 0
@@ -190,6 +226,12 @@ class InstructionDataset(Dataset):
         types = sample.defect_type.split(", ") if sample.defect_type else []
         name = object_name(part.category)
         rng = None if self.paraphrase_seed is None else random.Random(self.paraphrase_seed * 1_000_003 + index)
+        type_instruction = prompts.type_instruction(name, part.candidates) if part.candidates else ""
+        instruction, response = prompts.instruction(name, rng), prompts.response(name, types)
+        if isinstance(sample.get("question"), str):
+            instruction, response = sample.question, prompts.with_segmentation_tokens(sample.answer)
+        elif rng is not None and rng.random() < self.multi_type_ratio:
+            instruction, response = type_instruction, prompts.with_segmentation_tokens(prompts.type_answer(types))
         return GenAUItem(
             image=image,
             gt_label=torch.tensor(label),
@@ -198,8 +240,11 @@ class InstructionDataset(Dataset):
             mask_path=str(sample.mask_path) if label else "",
             category=part.category,
             defect_type=sample.defect_type,
-            instruction=prompts.instruction(name, rng),
-            response=prompts.response(name, types),
+            instruction=instruction,
+            response=response,
+            type_instruction=type_instruction,
+            type_candidates=", ".join(part.candidates),
+            gt_types=type_labels(types),
         )
 
 

@@ -10,10 +10,9 @@ Models", arXiv 2607.01049.
 
 Example:
     >>> from anomalib.engine import Engine
-    >>> from anomalib.data import MVTecAD
     >>> from anomalib_genau import GenAU
-    >>> from anomalib_genau.data import GenAUDataModule
-    >>> datamodule = GenAUDataModule(source=MVTecAD(category="bottle"))  # doctest: +SKIP
+    >>> from anomalib_genau.data import CrossDataset
+    >>> datamodule = CrossDataset(source="MVTecAD", target="Visa")  # doctest: +SKIP
     >>> Engine(max_epochs=1).train(GenAU(), datamodule=datamodule)  # doctest: +SKIP
 
 """
@@ -42,6 +41,23 @@ from anomalib_genau.report import CategoryReport
 from .loss import GenAULoss
 from .torch_model import GenAUModel
 from .visualizer import GenAUVisualizer
+
+# Constructor arguments that shape the trained weights or their outputs: a checkpoint only
+# loads onto a model built with the same values.
+ARCHITECTURE_ARGUMENTS = (
+    "vision_layers",
+    "temperature",
+    "lora",
+    "lora_rank",
+    "lora_alpha",
+    "train_projector",
+    "train_vision",
+)
+
+
+def _plain(value: Any) -> Any:
+    """Lists and tuples compare equal (a checkpoint stores sequences as lists)."""
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 class GenAU(AnomalibModule):
@@ -171,8 +187,8 @@ class GenAU(AnomalibModule):
         responses = getattr(batch, "response", None)
         if responses is None or batch.gt_mask is None:
             msg = (
-                "GenAU trains on batches with masks and responses: wrap the data in "
-                "anomalib_genau.data.GenAUDataModule(source=...)."
+                "GenAU trains on batches with masks and responses: use anomalib_genau.data.CrossDataset "
+                "or wrap anomalib datamodules in anomalib_genau.data.GenAUDataModule(source=...)."
             )
             raise ValueError(msg)
         output = self.model(batch.image, getattr(batch, "instruction", None), responses)
@@ -261,17 +277,39 @@ class GenAU(AnomalibModule):
         checkpoint["genau_backbone"] = {
             "backbone": str(self.hparams.backbone),
             "fingerprint": self.model.backbone_fingerprint,
+            # kept apart from ``hyper_parameters``, which load_from_checkpoint overwrites with its kwargs
+            "architecture": {key: _plain(self.hparams[key]) for key in ARCHITECTURE_ARGUMENTS},
         }
+
+    def _check_architecture(self, saved: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose adapter or readout arguments differ from this model's.
+
+        They change the weights' shapes or, silently, the outputs (``lora_alpha``, ``temperature``).
+        """
+        differing = [
+            key for key in ARCHITECTURE_ARGUMENTS if key in saved and _plain(saved[key]) != _plain(self.hparams[key])
+        ]
+        if differing:
+            trained = ", ".join(f"{key}={_plain(saved[key])}" for key in differing)
+            built = ", ".join(f"{key}={_plain(self.hparams[key])}" for key in differing)
+            flags = " ".join(f"--model.{key} {_plain(saved[key])}" for key in differing)
+            msg = (
+                f"This checkpoint was trained with {trained}, but the model was built with {built}. "
+                f"Pass {flags}, or load it with GenAU.load_from_checkpoint, which restores them."
+            )
+            raise ValueError(msg)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another backbone; fill the frozen weights from this one's.
 
         Raises:
-            ValueError: The checkpoint was trained on a backbone with other weights.
+            ValueError: The checkpoint was trained on a backbone with other weights, or with
+                other adapter or readout arguments.
 
         """
         reference = checkpoint.get("genau_backbone")
         if reference is not None:
+            self._check_architecture(reference.get("architecture", {}))
             if reference["fingerprint"] != self.model.backbone_fingerprint:
                 msg = (
                     f"This checkpoint was trained on backbone '{reference['backbone']}' (fingerprint "

@@ -69,10 +69,14 @@ class GenAUVisualizer(ImageVisualizer):
             panels = self.visualize(item)
             if panels is None:
                 continue
-            filename = generate_output_filename(
-                input_path=item.image_path or "",
-                output_path=output_dir,
-                dataset_name=getattr(datamodule, "name", None),
-                category=getattr(datamodule, "category", None),
-            )
+            category = getattr(item, "category", None)
+            if category:  # several categories in one run: images/<category>/<defect>/<file>
+                filename = generate_output_filename(item.image_path or "", output_dir / category)
+            else:
+                filename = generate_output_filename(
+                    input_path=item.image_path or "",
+                    output_path=output_dir,
+                    dataset_name=getattr(datamodule, "name", None),
+                    category=getattr(datamodule, "category", None),
+                )
             self.with_caption(panels, item).save(filename)
