@@ -55,19 +55,53 @@ INFERENCE_SWITCHES = ("high_res_readout", "score_fusion")
 
 
 def test_variants(model: object, datamodule: object, root: Path) -> dict[str, dict[str, float]]:
-    """Test the trained model again with each inference switch flipped, one at a time (no pictures)."""
+    """Test the trained model again with each inference switch flipped, one at a time (no pictures).
+
+    The map and score switches run without the type question (it does not depend on them);
+    a last run answers it by likelihood instead of generation.
+    """
     from anomalib.engine import Engine
 
     results = {}
     visualizer, model.visualizer = model.visualizer, None
-    for switch in INFERENCE_SWITCHES:
-        value = getattr(model.model, switch)
-        setattr(model.model, switch, not value)
+    mode = model.defect_type_mode
+    variants = [(model.model, switch, not getattr(model.model, switch), None) for switch in INFERENCE_SWITCHES]
+    variants.append((model, "defect_type_mode", "likelihood", "likelihood"))
+    for owner, name, value, type_mode in variants:
+        before = getattr(owner, name)
+        setattr(owner, name, value)
+        model.defect_type_mode = type_mode
         engine = Engine(default_root_dir=root / "ablations", accelerator="cpu", devices=1, logger=False)
-        results[f"{switch}={not value}"] = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-        setattr(model.model, switch, value)
+        results[f"{name}={value}"] = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+        setattr(owner, name, before)
+        model.defect_type_mode = mode
     model.visualizer = visualizer
     return results
+
+
+def chance_type_scores(datamodule: object, draws: int = 20, seed: int = 0) -> dict[str, float]:
+    """Weighted P/R/F1 of answering each test image with a uniformly random option (normal or a candidate)."""
+    import random
+    from types import SimpleNamespace
+
+    import torch
+
+    from anomalib_genau.data.dataclasses import type_labels
+    from anomalib_genau.models.genau.metrics import WeightedF1, WeightedPrecision, WeightedRecall
+
+    samples = datamodule.test_data.samples
+    options = {part.category: [[], *([name] for name in part.candidates)] for part in datamodule.test_data.parts}
+    truth = torch.stack([type_labels(t.split(", ") if t else []) for t in samples.defect_type])
+    rng = random.Random(seed)
+    metrics = [WeightedPrecision(prefix="type_"), WeightedRecall(prefix="type_"), WeightedF1(prefix="type_")]
+    totals = dict.fromkeys((metric.name for metric in metrics), 0.0)
+    for _ in range(draws):
+        guess = torch.stack([type_labels(rng.choice(options[category])) for category in samples.category])
+        for metric in metrics:
+            metric.reset()
+            metric.update(SimpleNamespace(pred_types=guess, gt_types=truth))
+            totals[metric.name] += float(metric.compute()) / draws
+    return totals
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -76,8 +110,9 @@ def demo(args: argparse.Namespace) -> None:
     Runs ``configs/genau_tiny.yaml`` through anomalib's CLI classes, like ``anomalib train``:
     the model trains on the source test split and is tested on the held-out target. The
     untrained model is tested first, by a separate engine under ``<results>/untrained``, and
-    the trained one again with the high-res readout and the score fusion switched. All
-    metric sets go to ``demo_metrics.json`` in the run folder, next to the pictures of the
+    the trained one again with the high-res readout and the score fusion switched and with the
+    defect types chosen by likelihood; a chance column gives the type metrics of random
+    answers. All metric sets go to ``demo_metrics.json`` in the run folder, next to the pictures of the
     visualizer.
     """
     from anomalib.cli import AnomalibCLI
@@ -98,13 +133,14 @@ def demo(args: argparse.Namespace) -> None:
     columns["trained"] = engine.train(model=model, datamodule=datamodule)[0]
     seconds = time.perf_counter() - start
     columns.update(test_variants(model, datamodule, root))
+    columns["chance"] = chance_type_scores(datamodule)
     run_dir = Path(engine.trainer.default_root_dir)
     steps = engine.trainer.global_step
     summary = {**columns, "train_and_test_seconds": seconds, "steps": steps}
     (run_dir / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
-    print("\n" + f"{'metric':<16}" + "".join(f"{name:>24}" for name in columns))
+    print("\n" + f"{'metric':<34}" + "".join(f"{name:>30}" for name in columns))
     for key in sorted(columns["trained"]):
-        print(f"{key:<16}" + "".join(f"{values.get(key, float('nan')):>24.4f}" for values in columns.values()))
+        print(f"{key:<34}" + "".join(f"{values.get(key, float('nan')):>30.4f}" for values in columns.values()))
     print(f"{steps} training steps, train + test {seconds:.1f} s; metrics and pictures in {run_dir}")
 
 

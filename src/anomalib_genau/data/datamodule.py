@@ -40,6 +40,7 @@ from anomalib_genau.taxonomy import (
 from .dataclasses import GenAUBatch, GenAUItem, type_labels
 from .defect_names import DefectNameReader, folder_defect_names
 from .images import read_rgb
+from .instruction_file import load_instruction_file
 from .sources import DATASET_SOURCES, dataset_source, resolve_categories
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class InstructionDataset(Dataset):
         self.ends = list(accumulate(len(part.dataset) for part in self.parts))
         if multi_type_ratio > 0:
             for part in self.parts:
-                if not part.candidates:
+                if not part.candidates and "question" not in part.dataset.samples:
                     msg = (
                         f"Category '{part.category}' has no candidate defect type for the multi-type "
                         "instruction (no taxonomy entry and no anomalous sample); set multi_type_ratio=0."
@@ -296,6 +297,10 @@ class GenAUDataModule(AnomalibDataModule):
         target: anomalib datamodule(s) whose test splits are evaluated; ``None`` tests on the
             held-out validation part of the source (a smoke-test setting, not cross-dataset).
         val_split_ratio: Fraction of each source category's test split held out for validation.
+        multi_type_ratio: Fraction of training items asked the multi-type question instead of
+            the binary one (project's choice: 0.25; the paper mixes both without a ratio).
+        instruction_file: Optional JSON-lines file of image/question/answer records added to
+            the training set (see :mod:`anomalib_genau.data.instruction_file`).
         train_batch_size: Training batch size.
         eval_batch_size: Validation / test batch size.
         num_workers: DataLoader workers.
@@ -309,6 +314,8 @@ class GenAUDataModule(AnomalibDataModule):
         source: DataModules,
         target: DataModules | None = None,
         val_split_ratio: float = 0.2,
+        multi_type_ratio: float = 0.25,
+        instruction_file: str | Path | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
         num_workers: int = 0,
@@ -325,6 +332,8 @@ class GenAUDataModule(AnomalibDataModule):
         self.source = source
         self.target = target
         self.val_split_ratio = val_split_ratio
+        self.multi_type_ratio = multi_type_ratio
+        self.instruction_file = instruction_file
 
     @staticmethod
     def _as_list(datamodules: DataModules | None) -> list[AnomalibDataModule]:
@@ -404,7 +413,11 @@ class GenAUDataModule(AnomalibDataModule):
 
     def _setup(self, _stage: str | None = None) -> None:
         splits = [part.split(self.val_split_ratio, self.seed) for part in self._category_data(self.sources)]
-        self.train_data = InstructionDataset([train for train, _ in splits], paraphrase_seed=self.seed)
+        train = [part for part, _ in splits]
+        if self.instruction_file is not None:
+            datasets = load_instruction_file(self.instruction_file)
+            train += [CategoryData(dataset, category, None) for category, dataset in datasets.items()]
+        self.train_data = InstructionDataset(train, paraphrase_seed=self.seed, multi_type_ratio=self.multi_type_ratio)
         self.val_data = InstructionDataset([val for _, val in splits])
         self.test_data = InstructionDataset(self._category_data(self.targets)) if self.targets else self.val_data
 
@@ -429,6 +442,8 @@ class CrossDataset(GenAUDataModule):
         source_options: Extra datamodule arguments (e.g. Real-IAD's ``resolution``, ``json_path``).
         target_options: Extra datamodule arguments of the target.
         val_split_ratio: Fraction of each source category's test split held out for validation.
+        multi_type_ratio: Fraction of training items asked the multi-type question.
+        instruction_file: Optional JSON-lines file of image/question/answer training records.
         train_batch_size: Training batch size.
         eval_batch_size: Validation / test batch size.
         num_workers: DataLoader workers.
@@ -453,6 +468,8 @@ class CrossDataset(GenAUDataModule):
         source_options: dict[str, Any] | None = None,
         target_options: dict[str, Any] | None = None,
         val_split_ratio: float = 0.2,
+        multi_type_ratio: float = 0.25,
+        instruction_file: str | Path | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
         num_workers: int = 0,
@@ -465,6 +482,8 @@ class CrossDataset(GenAUDataModule):
             source=sources,
             target=targets,
             val_split_ratio=val_split_ratio,
+            multi_type_ratio=multi_type_ratio,
+            instruction_file=instruction_file,
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,

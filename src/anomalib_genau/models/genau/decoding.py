@@ -175,3 +175,56 @@ def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int
         positions.append(torch.where(present, index, -1).amax(dim=1))
     gather_index = torch.stack(positions, dim=1)  # (B, 2)
     return hidden.gather(1, gather_index[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+@torch.no_grad()
+def option_log_likelihoods(
+    llava: LlavaOnevisionForConditionalGeneration,
+    prefill: dict,
+    options: Sequence[Sequence[Sequence[int]]],
+    pad_id: int,
+) -> list[torch.Tensor]:
+    """Sequence log-likelihood of each answer option after each prompt: constrained choice, no generation.
+
+    The prompt is prefilled once; each option's tokens are then scored against the shared KV
+    cache, which is cropped back to the prompt after every option.
+
+    Args:
+        llava: The (LoRA-wrapped) LLaVA-OneVision model.
+        prefill: As for :func:`decode_with_anchors`.
+        options: Per image, per option, its token ids (at least one each).
+        pad_id: Id fed where an image has fewer options or shorter ones.
+
+    Returns:
+        Per image, ``(K_i,)`` summed log-probabilities of its ``K_i`` options' tokens.
+
+    """
+    output = llava(**prefill, use_cache=True, logits_to_keep=1)
+    cache, first = output.past_key_values, output.logits[:, -1].float().log_softmax(dim=-1)
+    batch, device = first.shape[0], first.device
+    end = prefill["position_ids"][:, -1]
+    scores = [torch.zeros(len(image_options), device=device) for image_options in options]
+    for k in range(max(len(image_options) for image_options in options)):
+        sequences = [image_options[k] if k < len(image_options) else [pad_id] for image_options in options]
+        width = max(len(sequence) for sequence in sequences)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, sequence in enumerate(sequences):
+            ids[row, : len(sequence)] = torch.tensor(sequence, device=device)
+            mask[row, : len(sequence)] = 1
+        total = first.gather(1, ids[:, :1]).squeeze(1)
+        if width > 1:
+            following = llava(
+                input_ids=ids[:, :-1],
+                attention_mask=torch.cat([prefill["attention_mask"], mask[:, :-1]], dim=1),
+                position_ids=end[:, None] + 1 + torch.arange(width - 1, device=device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            log_probs = following.logits.float().log_softmax(dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
+            total = total + (log_probs * mask[:, 1:]).sum(dim=1)
+            cache.crop(-(width - 1))
+        for row, image_options in enumerate(options):
+            if k < len(image_options):
+                scores[row][k] = total[row]
+    return scores

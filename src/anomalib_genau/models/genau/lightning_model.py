@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,9 +37,12 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import Resize
 from transformers import get_cosine_schedule_with_warmup
 
+from anomalib_genau.data.dataclasses import type_labels
+from anomalib_genau.predictions import PredictionWriter
 from anomalib_genau.report import CategoryReport
 
 from .loss import GenAULoss
+from .metrics import WeightedF1, WeightedPrecision, WeightedRecall
 from .torch_model import GenAUModel
 from .visualizer import GenAUVisualizer
 
@@ -88,6 +92,15 @@ class GenAU(AnomalibModule):
         lora: LoRA on the decoder; ``False`` is the "LoRA off" ablation.
         train_projector: Train the multimodal projector (ablation; frozen by default, as in the paper).
         train_vision: Train the vision encoder (ablation; frozen by default, as in the paper).
+        defect_type_mode: How test and predict answer "what type is it?" for data that carries
+            the product's candidate types: ``"generate"`` (the paper's: a greedy answer to the
+            multi-type instruction, mapped by the deterministic parser), ``"likelihood"``
+            (the candidate with the highest sequence likelihood, no free generation) or
+            ``None`` (not asked).
+        reasoning_questions: Free-form questions ("Describe the defect.") asked at test and
+            predict time; their answers are appended to ``explanation``. See the README for
+            what the model can answer without description data.
+        max_reasoning_tokens: Decoding budget of a reasoning answer, segmentation tokens included.
         pre_processor: Pre-processor or flag; the default resizes to the backbone's tile size
             (384 x 384 for the real checkpoints); the LLaVA-OneVision processor does the
             normalisation and the AnyRes tiling.
@@ -119,6 +132,9 @@ class GenAU(AnomalibModule):
         lora: bool = True,
         train_projector: bool = False,
         train_vision: bool = False,
+        defect_type_mode: str | None = "generate",
+        reasoning_questions: Sequence[str] | None = None,
+        max_reasoning_tokens: int = 48,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -153,6 +169,13 @@ class GenAU(AnomalibModule):
         self.loss = GenAULoss(seg_weight=seg_weight, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta)
         self.learning_rate = learning_rate
         self.warmup_ratio = warmup_ratio
+        if defect_type_mode not in {None, "generate", "likelihood"}:
+            msg = f"defect_type_mode must be 'generate', 'likelihood' or None, got {defect_type_mode!r}."
+            raise ValueError(msg)
+        self.defect_type_mode = defect_type_mode
+        self.reasoning_questions = list(reasoning_questions or [])
+        self.max_reasoning_tokens = max_reasoning_tokens
+        self.type_outcomes: Counter[str] = Counter()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -161,8 +184,14 @@ class GenAU(AnomalibModule):
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """The paper's metrics: image AUROC, pixel AUROC and AUPRO, plus anomalib's F1 scores."""
+        """The paper's metrics: image and pixel AUROC, AUPRO, F1 scores and the defect types' weighted P/R/F1.
+
+        The type metrics skip batches without types (data that carries no candidates).
+        """
         test_metrics = [
+            WeightedPrecision(prefix="type_", strict=False),
+            WeightedRecall(prefix="type_", strict=False),
+            WeightedF1(prefix="type_", strict=False),
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
             F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
             AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
@@ -174,7 +203,7 @@ class GenAU(AnomalibModule):
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
         """Anomalib's component callbacks plus the per-category test report."""
         callbacks = super().configure_callbacks()
-        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), CategoryReport()]
+        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), CategoryReport(), PredictionWriter()]
 
     @classmethod
     def configure_visualizer(cls) -> GenAUVisualizer:
@@ -197,9 +226,50 @@ class GenAU(AnomalibModule):
         return losses["loss"]
 
     def _inspect(self, batch: Batch) -> Batch:
-        """Inference on a batch: scores, maps and the answer as ``explanation``."""
+        """Inference on a batch: scores and maps, the answer as ``explanation``, the defect types."""
         inspection = self.model.inspect(batch.image, getattr(batch, "instruction", None))
-        return batch.update(**inspection.batch._asdict(), explanation=inspection.answers)
+        fields = {**inspection.batch._asdict(), "explanation": inspection.answers}
+        if self.defect_type_mode is not None and getattr(batch, "type_candidates", None) is not None:
+            fields.update(self._predict_types(batch))
+        if self.reasoning_questions:
+            fields["explanation"] = self._with_reasoning(batch.image, fields["explanation"])
+        return batch.update(**fields)
+
+    def _predict_types(self, batch: Batch) -> dict[str, Any]:
+        """``pred_types`` (multi-hot) and ``pred_defect_type`` from the multi-type question.
+
+        Raises:
+            ValueError: An image's category has no candidate type.
+
+        """
+        candidates = [names.split(", ") if names else [] for names in batch.type_candidates]
+        for category, names in zip(batch.category or [""] * len(candidates), candidates, strict=True):
+            if not names:
+                msg = f"No candidate defect types for category '{category}': set defect_type_mode=None for it."
+                raise ValueError(msg)
+        prediction = self.model.predict_types(batch.image, batch.type_instruction, candidates, self.defect_type_mode)
+        self.type_outcomes.update(prediction.outcomes)
+        return {
+            "pred_types": torch.stack([type_labels(types) for types in prediction.types]).to(batch.image.device),
+            "pred_defect_type": [", ".join(types) for types in prediction.types],
+        }
+
+    def _with_reasoning(self, images: torch.Tensor, answers: list[str]) -> list[str]:
+        """Append the answer to each reasoning question: ``"<answer> <question> <reply> ..."``."""
+        for question in self.reasoning_questions:
+            replies = self.model.decode(images, [question] * len(answers), self.max_reasoning_tokens)[3]
+            answers = [f"{answer} {question} {reply}" for answer, reply in zip(answers, replies, strict=True)]
+        return answers
+
+    def on_test_epoch_start(self) -> None:
+        """Start counting how the multi-type answers were parsed."""
+        self.type_outcomes.clear()
+
+    def on_test_epoch_end(self) -> None:
+        """Log the multi-type answers that named no candidate or several (the parser's rule decided)."""
+        if self.type_outcomes:
+            self.log("type_answers_naming_no_candidate", float(self.type_outcomes["none"]))
+            self.log("type_answers_naming_several", float(self.type_outcomes["several"]))
 
     @torch.no_grad()
     def calibrate(self, dataloader: Iterable[Batch]) -> None:

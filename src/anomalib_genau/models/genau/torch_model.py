@@ -19,10 +19,11 @@ from transformers.models.llava_onevision.modeling_llava_onevision import image_s
 
 from anomalib_genau import prompts
 from anomalib_genau.backbone import load_backbone
+from anomalib_genau.parsing import parse_defect_types
 
 from .anyres import reassemble_tiles
 from .calibration import ScoreCalibration
-from .decoding import anchor_states, decode_with_anchors
+from .decoding import DecodeResult, anchor_states, decode_with_anchors, option_log_likelihoods
 from .readout import AnchorReadout, anomaly_map
 from .vlm import add_segmentation_tokens, apply_adapters, backbone_fingerprint
 
@@ -78,6 +79,15 @@ class Inspection:
     forced: torch.Tensor
     map_max: torch.Tensor
     log_odds: torch.Tensor
+
+
+@dataclass
+class TypePrediction:
+    """Multi-type answers: per image the predicted types (``[]`` = normal), how they were decided, the text."""
+
+    types: list[list[str]]
+    outcomes: list[str]
+    texts: list[str]
 
 
 @dataclass
@@ -359,6 +369,25 @@ class GenAUModel(nn.Module):
             lm_loss=output.loss, stage_logits=self.readout(vision.global_stages, anchors, self.grid)
         )
 
+    def decode(
+        self, images: torch.Tensor, instructions: Sequence[str] | None, max_new_tokens: int | None = None
+    ) -> tuple[dict[str, torch.Tensor], VisionFeatures, DecodeResult, list[str]]:
+        """Encode, run the vision tower once, decode greedily; returns those and the answer texts."""
+        encoded = self.encode(images, instructions)
+        vision = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        decoded = decode_with_anchors(
+            self.llava,
+            self.prefill_inputs(encoded, vision),
+            self.seg_ids,
+            self.banned_ids,
+            self.pad_id,
+            max_new_tokens or self.max_new_tokens,
+        )
+        answers = [
+            text.strip() for text in self.tokenizer.batch_decode(decoded.answer_tokens, skip_special_tokens=True)
+        ]
+        return encoded, vision, decoded, answers
+
     @torch.no_grad()
     def inspect(self, images: torch.Tensor, instructions: Sequence[str] | None = None) -> Inspection:
         """Answer, read the anchors and the anomaly map: the inference path.
@@ -369,16 +398,7 @@ class GenAUModel(nn.Module):
         global view with the AnyRes high-res readout (``high_res_readout``); the score fuses
         the map maximum with the decoder log-odds under the frozen calibration.
         """
-        encoded = self.encode(images, instructions)
-        vision = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
-        decoded = decode_with_anchors(
-            self.llava,
-            self.prefill_inputs(encoded, vision),
-            self.seg_ids,
-            self.banned_ids,
-            self.pad_id,
-            self.max_new_tokens,
-        )
+        encoded, vision, decoded, answers = self.decode(images, instructions)
         logits = self.readout(vision.global_stages, decoded.anchors, self.grid)
         high_res = (
             self.high_res_logits(vision, decoded.anchors, encoded["image_sizes"]) if self.high_res_readout else None
@@ -388,11 +408,48 @@ class GenAUModel(nn.Module):
         log_probs = decoded.first_logits.log_softmax(dim=-1)
         normal_id, defect_id = self.answer_ids
         log_odds = log_probs[:, defect_id] - log_probs[:, normal_id]
-        answers = [
-            text.strip() for text in self.tokenizer.batch_decode(decoded.answer_tokens, skip_special_tokens=True)
-        ]
         batch = InferenceBatch(pred_score=self.image_score(map_max, log_odds), anomaly_map=maps)
         return Inspection(batch=batch, answers=answers, forced=decoded.forced, map_max=map_max, log_odds=log_odds)
+
+    @torch.no_grad()
+    def predict_types(
+        self,
+        images: torch.Tensor,
+        type_instructions: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        mode: str = "generate",
+    ) -> TypePrediction:
+        """Answer the product-conditioned multi-type question (paper 4.4).
+
+        Args:
+            images: ``(B, 3, H, W)`` in ``[0, 1]``.
+            type_instructions: The multi-type instruction of each image.
+            candidates: Each image's candidate types (taxonomy names).
+            mode: ``"generate"``: greedy answer mapped by the deterministic parser;
+                ``"likelihood"``: the option (``normal`` or a candidate) whose answer text has
+                the highest sequence log-likelihood, with no free generation.
+
+        """
+        if mode == "generate":
+            answers = self.decode(images, type_instructions)[3]
+            parsed = [parse_defect_types(text, names) for text, names in zip(answers, candidates, strict=True)]
+            return TypePrediction([p.types for p in parsed], [p.outcome for p in parsed], answers)
+        if mode != "likelihood":
+            msg = f"Unknown defect type mode '{mode}'; use 'generate' or 'likelihood'."
+            raise ValueError(msg)
+        encoded = self.encode(images, type_instructions)
+        vision = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        options = [[[], *([name] for name in names)] for names in candidates]
+        option_ids = [
+            [
+                self.tokenizer(prompts.type_answer(types), add_special_tokens=False)["input_ids"]
+                for types in image_options
+            ]
+            for image_options in options
+        ]
+        scores = option_log_likelihoods(self.llava, self.prefill_inputs(encoded, vision), option_ids, self.pad_id)
+        chosen = [image_options[int(score.argmax())] for image_options, score in zip(options, scores, strict=True)]
+        return TypePrediction(chosen, ["likelihood"] * len(chosen), [prompts.type_answer(t) for t in chosen])
 
     def forward(
         self,

@@ -1,4 +1,4 @@
-"""anomalib's image visualizer plus a caption with GenAU's answer and score."""
+"""anomalib's image visualizer plus a caption with GenAU's defect type, answer and score."""
 
 from __future__ import annotations
 
@@ -19,19 +19,25 @@ MAX_CAPTION_CHARS = 120
 
 
 def caption(item: ImageItem) -> str:
-    """One line: the answer (``explanation``), truncated to ``MAX_CAPTION_CHARS``, and the score."""
+    """One line: the predicted defect type, the answer (``explanation``) and the score.
+
+    The answer is put on one line and truncated to ``MAX_CAPTION_CHARS`` characters (a long or
+    reasoning answer ends with "…"; the full text is in ``explanation`` and the predictions file).
+    """
     text = " ".join(str(item.explanation or "").split())
     if len(text) > MAX_CAPTION_CHARS:
         text = text[: MAX_CAPTION_CHARS - 1] + "…"
+    defect_type = getattr(item, "pred_defect_type", None)
+    kind = "" if defect_type is None else f"type: {defect_type or 'normal'}"
     score = "" if item.pred_score is None else f"score {float(item.pred_score):.2f}"
-    return " | ".join(part for part in (text, score) if part)
+    return " | ".join(part for part in (kind, text, score) if part)
 
 
 class GenAUVisualizer(ImageVisualizer):
     """Draw anomalib's panels (image, ground truth, map, predicted mask) and a caption strip.
 
     anomalib's ``ImageVisualizer`` has no text field; the strip below the panels shows the
-    generated answer (anomalib's ``explanation``) and the image score.
+    predicted defect type, the generated answer (anomalib's ``explanation``) and the image score.
 
     Args:
         caption_height: Height of the caption strip, in pixels.
