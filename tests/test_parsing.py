@@ -60,3 +60,23 @@ def test_type_answers_round_trip_through_the_parser() -> None:
     for types in (["hole"], ["weird_wick", "color"], []):
         answer = prompts.type_answer(types)
         assert parse_defect_types(answer, CANDLE).types == types
+
+
+def test_weighted_metrics_weight_each_label_by_its_support() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from anomalib_genau.models.genau.metrics import WeightedF1, WeightedPrecision, WeightedRecall
+
+    truth = torch.stack([type_labels(t) for t in [[], ["hole"], ["hole"], ["color", "hole"]]])
+    guess = torch.stack([type_labels(t) for t in [[], ["hole"], ["color"], ["color"]]])
+    batch = SimpleNamespace(pred_types=guess, gt_types=truth)
+    values = {}
+    for metric in (WeightedPrecision(), WeightedRecall(), WeightedF1()):
+        metric.update(batch)
+        values[type(metric).__name__] = float(metric.compute())
+    # supports: normal 1, hole 3, color 1. normal P=R=1; hole P=1, R=1/3; color P=1/2, R=1
+    assert values["WeightedPrecision"] == pytest.approx((1 + 3 * 1 + 0.5) / 5)
+    assert values["WeightedRecall"] == pytest.approx((1 + 3 / 3 + 1) / 5)
+    assert values["WeightedF1"] == pytest.approx((1 + 3 * 0.5 + 2 / 3) / 5)

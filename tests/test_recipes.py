@@ -8,7 +8,7 @@ import pytest
 import torch
 from anomalib.cli import AnomalibCLI
 
-RECIPES = ["genau_0.5b.yaml", "genau_7b.yaml"]
+RECIPES = ["genau_0.5b.yaml", "genau_7b.yaml", "genau_7b_fsdp.yaml"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -183,3 +183,37 @@ def test_high_res_readout_on_a_non_square_image(torch_model: GenAUModel) -> None
     global_only = model(images).anomaly_map
     assert fused.shape == global_only.shape == (1, 1, 224, 336)
     assert not torch.allclose(fused, global_only)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_backbone) -> None:
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GenAUModel(str(tiny_backbone), lora_dropout=0.0, gradient_checkpointing=checkpointing)
+        torch.manual_seed(1)
+        _step(model)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert model.llava.model.language_model.is_gradient_checkpointing
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
+
+
+def test_a_batch_of_mixed_sizes_equals_the_images_one_by_one(torch_model: GenAUModel) -> None:
+    """Different sizes give different AnyRes grids (1x1, 1x2, 2x1 tiles here) and prompt lengths."""
+    torch_model.eval()
+    torch.manual_seed(0)
+    images = [torch.rand(3, 112, 112), torch.rand(3, 112, 168), torch.rand(3, 224, 140)]
+    instructions = [PROMPTS[0]] * 3
+    together = torch_model.inspect(images, instructions)
+    assert together.batch.anomaly_map.shape == (3, 1, 224, 168)
+    for index, image in enumerate(images):
+        alone = torch_model.inspect([image], instructions[:1])
+        height, width = image.shape[-2:]
+        assert torch.allclose(
+            together.batch.anomaly_map[index, :, :height, :width], alone.batch.anomaly_map[0], atol=1e-5
+        )
+        assert together.batch.anomaly_map[index, :, height:].abs().sum() == 0
+        assert together.batch.anomaly_map[index, :, :, width:].abs().sum() == 0
+        assert float(together.batch.pred_score[index]) == pytest.approx(float(alone.batch.pred_score[0]), abs=1e-5)
+        assert together.answers[index] == alone.answers[0]

@@ -107,12 +107,30 @@ class CategoryReport(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Finish the remaining categories, then write and print the report."""
         del pl_module
-        for category in sorted(self.metrics):
+        categories = sorted(self.metrics)
+        if trainer.world_size > 1:
+            categories = self._synchronise(trainer)
+        for category in categories:
             self._finish(category)
         self._add_skipped(trainer)
         if trainer.is_global_zero and self.rows:
             markdown = self.write(Path(trainer.default_root_dir))
             print(markdown)
+
+    def _synchronise(self, trainer: Trainer) -> list[str]:
+        """Under several processes: the union of their categories, in one order, and summed counts.
+
+        A process that saw no image of a category gets empty metrics for it, so every process
+        computes (and torchmetrics syncs) the same categories in the same order.
+        """
+        gathered: list[list[str]] = [[] for _ in range(trainer.world_size)]
+        torch.distributed.all_gather_object(gathered, sorted(self.rows))
+        categories = sorted({category for names in gathered for category in names})
+        for category in categories:
+            self.metrics.setdefault(category, _report_metrics())
+            row = self.rows.setdefault(category, CategoryRow(self.datasets.get(category, ""), category))
+            row.images = int(trainer.strategy.reduce(torch.tensor(float(row.images)), reduce_op="sum"))
+        return categories
 
     def _finish(self, category: str) -> None:
         """Compute a category's metrics and free their state."""

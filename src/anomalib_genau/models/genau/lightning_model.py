@@ -101,6 +101,8 @@ class GenAU(AnomalibModule):
             predict time; their answers are appended to ``explanation``. See the README for
             what the model can answer without description data.
         max_reasoning_tokens: Decoding budget of a reasoning answer, segmentation tokens included.
+        gradient_checkpointing: Trade compute for activation memory in training (same gradients);
+            bf16 is the trainer's ``precision: bf16-mixed``.
         pre_processor: Pre-processor or flag; the default resizes to the backbone's tile size
             (384 x 384 for the real checkpoints); the LLaVA-OneVision processor does the
             normalisation and the AnyRes tiling.
@@ -135,6 +137,7 @@ class GenAU(AnomalibModule):
         defect_type_mode: str | None = "generate",
         reasoning_questions: Sequence[str] | None = None,
         max_reasoning_tokens: int = 48,
+        gradient_checkpointing: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -163,6 +166,7 @@ class GenAU(AnomalibModule):
             lora=lora,
             train_projector=train_projector,
             train_vision=train_vision,
+            gradient_checkpointing=gradient_checkpointing,
         )
         if pre_processor is True:
             self.pre_processor = self.configure_pre_processor((self.model.tile_size,) * 2)
@@ -268,8 +272,9 @@ class GenAU(AnomalibModule):
     def on_test_epoch_end(self) -> None:
         """Log the multi-type answers that named no candidate or several (the parser's rule decided)."""
         if self.type_outcomes:
-            self.log("type_answers_naming_no_candidate", float(self.type_outcomes["none"]))
-            self.log("type_answers_naming_several", float(self.type_outcomes["several"]))
+            counts = {"none": "type_answers_naming_no_candidate", "several": "type_answers_naming_several"}
+            for outcome, name in counts.items():
+                self.log(name, float(self.type_outcomes[outcome]), sync_dist=True, reduce_fx="sum")
 
     @torch.no_grad()
     def calibrate(self, dataloader: Iterable[Batch]) -> None:
@@ -277,7 +282,8 @@ class GenAU(AnomalibModule):
 
         During fitting this runs on the validation dataloader (the held-out part of the source
         test split) before each validation pass, so the PostProcessor's thresholds are set on
-        calibrated scores; testing and predicting never call it.
+        calibrated scores; testing and predicting never call it. Under DDP the scores of every
+        process's shard are gathered first.
         """
         was_training = self.model.training
         self.model.eval()
@@ -289,7 +295,12 @@ class GenAU(AnomalibModule):
             inspection = self.model.inspect(images, getattr(batch, "instruction", None))
             map_max.append(inspection.map_max)
             log_odds.append(inspection.log_odds)
-        self.model.calibration.estimate(torch.cat(map_max), torch.cat(log_odds))
+        scores = torch.stack([torch.cat(map_max), torch.cat(log_odds)])  # (2, N) on this process
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # every process sees a shard of the validation images (equal sizes: the sampler pads);
+            # all estimate from all of them, so the calibration stays identical across processes
+            scores = self.all_gather(scores).permute(1, 0, 2).flatten(1)
+        self.model.calibration.estimate(scores[0], scores[1])
         self.model.train(was_training)
 
     def on_validation_epoch_start(self) -> None:

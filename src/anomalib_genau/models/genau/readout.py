@@ -104,3 +104,10 @@ def anomaly_map(
         high_res = torch.cat([defect_probabilities(item, size) for item in high_res_logits], dim=1)
         probabilities = high_res_weight * high_res + (1 - high_res_weight) * probabilities
     return probabilities.mean(dim=0).unsqueeze(1)
+
+
+def pad_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack ``(1, 1, H_i, W_i)`` maps into ``(B, 1, max H, max W)``, zero-padded at the bottom and right."""
+    height = max(m.shape[-2] for m in maps)
+    width = max(m.shape[-1] for m in maps)
+    return torch.cat([F.pad(m, (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in maps])

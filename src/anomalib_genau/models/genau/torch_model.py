@@ -24,7 +24,7 @@ from anomalib_genau.parsing import parse_defect_types
 from .anyres import reassemble_tiles
 from .calibration import ScoreCalibration
 from .decoding import DecodeResult, anchor_states, decode_with_anchors, option_log_likelihoods
-from .readout import AnchorReadout, anomaly_map
+from .readout import AnchorReadout, anomaly_map, pad_maps
 from .vlm import add_segmentation_tokens, apply_adapters, backbone_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,8 @@ class GenAUModel(nn.Module):
         lora: LoRA on the decoder (``False``: the "LoRA off" ablation).
         train_projector: Train the multimodal projector (ablation; frozen in the paper).
         train_vision: Train the vision encoder (ablation; frozen in the paper).
+        gradient_checkpointing: Recompute the decoder's (and a trained vision tower's) layer
+            activations in the backward pass instead of storing them: less memory, same gradients.
 
     """
 
@@ -146,9 +148,13 @@ class GenAUModel(nn.Module):
         lora: bool = True,
         train_projector: bool = False,
         train_vision: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         llava, self.processor = load_backbone(backbone)
+        if gradient_checkpointing:
+            # non-reentrant: gradients reach LoRA weights although the layer inputs need none
+            llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.backbone_fingerprint = backbone_fingerprint(llava)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -189,11 +195,29 @@ class GenAUModel(nn.Module):
         """The LLaVA-OneVision model, with the LoRA layers injected."""
         return self.vlm.get_base_model()
 
-    def encode(self, images: torch.Tensor, instructions: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def image_list(images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Images as a list of ``(3, H_i, W_i)``; a ``(B, C, H, W)`` tensor or ``(C, H, W)`` images of any sizes.
+
+        Raises:
+            ValueError: An image is not ``(3, H, W)`` or ``(1, H, W)`` (grayscale, repeated to RGB).
+
+        """
+        listed = list(images)
+        for image in listed:
+            if image.ndim != 3 or image.shape[0] not in {1, 3}:
+                msg = f"GenAU expects images of shape (3, H, W) or (1, H, W), got {tuple(image.shape)}."
+                raise ValueError(msg)
+        return [image.expand(3, -1, -1) if image.shape[0] == 1 else image for image in listed]
+
+    def encode(
+        self, images: torch.Tensor | Sequence[torch.Tensor], instructions: Sequence[str] | None
+    ) -> dict[str, torch.Tensor]:
         """Chat-render the instructions and run the LLaVA-OneVision processor.
 
         Args:
-            images: ``(B, 3, H, W)`` in ``[0, 1]`` (``(B, 1, H, W)`` is repeated to RGB).
+            images: ``(B, 3, H, W)`` in ``[0, 1]``, or a list of ``(3, H_i, W_i)`` of different
+                sizes (each gets its own AnyRes grid; the processor pads the patch lists).
             instructions: One instruction per image, or ``None`` for the canonical prompt on
                 ``default_object``.
 
@@ -203,15 +227,14 @@ class GenAUModel(nn.Module):
             ``image_sizes`` ``(B, 2)``.
 
         """
-        if images.ndim != 4 or images.shape[1] not in {1, 3}:
+        if isinstance(images, torch.Tensor) and images.ndim != 4:
             msg = f"GenAU expects images of shape (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}."
             raise ValueError(msg)
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
+        images = self.image_list(images)
         if instructions is None:
-            instructions = [prompts.instruction(self.default_object)] * images.shape[0]
-        if len(instructions) != images.shape[0]:
-            msg = f"Got {len(instructions)} instructions for {images.shape[0]} images."
+            instructions = [prompts.instruction(self.default_object)] * len(images)
+        if len(instructions) != len(images):
+            msg = f"Got {len(instructions)} instructions for {len(images)} images."
             raise ValueError(msg)
         chats = [
             self.processor.apply_chat_template(
@@ -222,7 +245,7 @@ class GenAUModel(nn.Module):
             for text in instructions
         ]
         encoded = self.processor(
-            images=list(images.detach().float().clamp(0, 1).cpu()),
+            images=[image.detach().float().clamp(0, 1).cpu() for image in images],
             text=chats,
             return_tensors="pt",
             padding=True,
@@ -370,7 +393,10 @@ class GenAUModel(nn.Module):
         )
 
     def decode(
-        self, images: torch.Tensor, instructions: Sequence[str] | None, max_new_tokens: int | None = None
+        self,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        instructions: Sequence[str] | None,
+        max_new_tokens: int | None = None,
     ) -> tuple[dict[str, torch.Tensor], VisionFeatures, DecodeResult, list[str]]:
         """Encode, run the vision tower once, decode greedily; returns those and the answer texts."""
         encoded = self.encode(images, instructions)
@@ -389,8 +415,14 @@ class GenAUModel(nn.Module):
         return encoded, vision, decoded, answers
 
     @torch.no_grad()
-    def inspect(self, images: torch.Tensor, instructions: Sequence[str] | None = None) -> Inspection:
+    def inspect(
+        self, images: torch.Tensor | Sequence[torch.Tensor], instructions: Sequence[str] | None = None
+    ) -> Inspection:
         """Answer, read the anchors and the anomaly map: the inference path.
+
+        ``images`` is a ``(B, 3, H, W)`` batch or a list of images of different sizes; a list
+        is decoded as one batch, and its maps are ``(B, 1, max H, max W)``, each image's map at
+        its own size in the top-left corner, zero elsewhere.
 
         Decoding is greedy with the KV cache; if the model has not emitted
         ``[SEG_defect] [SEG_normal]`` within ``max_new_tokens``, the two tokens are appended
@@ -403,7 +435,16 @@ class GenAUModel(nn.Module):
         high_res = (
             self.high_res_logits(vision, decoded.anchors, encoded["image_sizes"]) if self.high_res_readout else None
         )
-        maps = anomaly_map(logits, tuple(images.shape[-2:]), high_res, self.high_res_weight)
+        sizes = [tuple(size) for size in encoded["image_sizes"].tolist()]
+        if len(set(sizes)) == 1:
+            maps = anomaly_map(logits, sizes[0], high_res, self.high_res_weight)
+        else:  # one map per image at its own size, zero-padded to the largest (maps are >= 0)
+            maps = pad_maps(
+                [
+                    anomaly_map(logits[:, i : i + 1], size, high_res and high_res[i : i + 1], self.high_res_weight)
+                    for i, size in enumerate(sizes)
+                ]
+            )
         map_max = maps.flatten(1).amax(dim=1)
         log_probs = decoded.first_logits.log_softmax(dim=-1)
         normal_id, defect_id = self.answer_ids

@@ -1,0 +1,160 @@
+"""GenAU inference on CPU: throughput against batch size, decoding against prefill, FLOPs against peak.
+
+    python benchmarks/inference.py                       # tiny backbone, batches 1, 2, 4, 8
+    python benchmarks/inference.py --size qwen2-0.5b     # real-size random weights, 384 px, batch 1
+
+Prints figures and ratios only; nothing is asserted. Measured:
+
+- images per second of ``GenAUModel.inspect`` (prefill, cached greedy decoding of the short
+  answer, readout) for each batch size, and the ratio to batch 1;
+- the time of the prefill forward alone, and how much the decoding loop adds to it;
+- the FLOPs of one image's inference, counted from the configuration (2 FLOPs per weight per
+  token for the linear layers, plus attention's ``QK^T`` and ``AV`` products), divided by the
+  measured time, as a fraction of this machine's measured fp32 and bf16 matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from anomalib_genau.backbone import QWEN2_0_5B, TINY, build_random_backbone
+from anomalib_genau.models.genau.decoding import decode_with_anchors
+from anomalib_genau.models.genau.torch_model import GenAUModel
+from anomalib_genau.prompts import instruction
+
+SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
+
+
+def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``function`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+    """Measured FLOP/s of an ``n x n`` matrix product in ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats=5)
+
+
+def transformer_flops(linear_params: int, layers: int, width: int, tokens: int, causal: bool) -> float:
+    """Forward FLOPs of ``tokens`` tokens: linear layers plus the two attention products."""
+    attention = 4 * layers * tokens * tokens * width * (0.5 if causal else 1.0)
+    return 2 * linear_params * tokens + attention
+
+
+def linear_parameters(module: torch.nn.Module) -> int:
+    """Weights of the ``nn.Linear`` layers of ``module``."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def image_flops(model: GenAUModel, encoded: dict[str, torch.Tensor], answer_tokens: int) -> float:
+    """FLOPs of one image's inference: vision tower over its views, prefill and decoding."""
+    llava = model.llava
+    vision_config, text_config = llava.config.vision_config, llava.config.text_config
+    views = int((encoded["pixel_values"][0].flatten(1).abs().sum(dim=1) > 0).sum())
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    vision = views * transformer_flops(
+        linear_parameters(llava.model.vision_tower),
+        vision_config.num_hidden_layers,
+        vision_config.hidden_size,
+        patches,
+        causal=False,
+    )
+    decoder = llava.model.language_model
+    tokens = int(encoded["attention_mask"][0].sum())
+    prefill = transformer_flops(
+        linear_parameters(decoder), text_config.num_hidden_layers, text_config.hidden_size, tokens, causal=True
+    )
+    projector = 2 * linear_parameters(llava.model.multi_modal_projector) * views * patches
+    head = 2 * llava.lm_head.weight.numel() * (1 + answer_tokens)
+    per_token = 2 * linear_parameters(decoder) + 4 * text_config.num_hidden_layers * tokens * text_config.hidden_size
+    return vision + projector + prefill + head + answer_tokens * per_token
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the backbone's tile size")
+    parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 1,2,4,8 (tiny) or 1")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    args = parser.parse_args()
+    size = SIZES[args.size]
+    image_size = args.image_size or size.image_size
+    batch_sizes = [int(b) for b in (args.batch_sizes or ("1,2,4,8" if args.size == "tiny" else "1")).split(",")]
+    repeats = args.repeats or (5 if args.size == "tiny" else 1)
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as directory:
+        model = GenAUModel(
+            str(build_random_backbone(Path(directory) / "backbone", size)), max_new_tokens=args.max_new_tokens
+        )
+    model.eval()
+    print(f"GenAU {args.size}, {image_size}px, {torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    throughput = {}
+    for batch in batch_sizes:
+        images = torch.rand(batch, 3, image_size, image_size)
+        prompts = [instruction("carpet")] * batch
+        seconds = median_seconds(lambda images=images, prompts=prompts: model.inspect(images, prompts), repeats)
+        throughput[batch] = batch / seconds
+        print(
+            f"batch {batch:>2}: {seconds * 1000:9.1f} ms, {throughput[batch]:7.2f} images/s, "
+            f"{throughput[batch] / throughput[batch_sizes[0]]:.2f}x batch {batch_sizes[0]}"
+        )
+
+    image = torch.rand(1, 3, image_size, image_size)
+    encoded = model.encode(image, [instruction("carpet")])
+    vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+    prefill_inputs = model.prefill_inputs(encoded, vision)
+
+    def prefill() -> None:
+        with torch.no_grad():
+            model.llava(**prefill_inputs, use_cache=True, logits_to_keep=1)
+
+    def prefill_and_decode() -> object:
+        return decode_with_anchors(
+            model.llava, prefill_inputs, model.seg_ids, model.banned_ids, model.pad_id, args.max_new_tokens
+        )
+
+    prefill_seconds = median_seconds(prefill, repeats)
+    decode_seconds = median_seconds(prefill_and_decode, repeats)
+    generated = prefill_and_decode().tokens.shape[1]
+    print(
+        f"prefill ({int(encoded['attention_mask'].sum())} tokens): {prefill_seconds * 1000:.1f} ms; "
+        f"prefill + decoding {generated} tokens: {decode_seconds * 1000:.1f} ms; "
+        f"decoding adds {(decode_seconds - prefill_seconds) / prefill_seconds:.1%} to the prefill"
+    )
+
+    flops = image_flops(model, encoded, generated)
+    seconds = median_seconds(lambda: model.inspect(image, [instruction("carpet")]), repeats)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_seconds = median_seconds(lambda: model.inspect(image, [instruction("carpet")]), repeats)
+    fp32_peak, bf16_peak = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(
+        f"FLOPs per image: {flops / 1e9:.2f} GFLOP; matmul peak fp32 {fp32_peak / 1e9:.1f} GFLOP/s, "
+        f"bf16 {bf16_peak / 1e9:.1f} GFLOP/s"
+    )
+    print(f"torch eager fp32: {seconds * 1000:.1f} ms/image = {flops / seconds / fp32_peak:.1%} of the fp32 peak")
+    print(
+        f"torch bf16 autocast: {bf16_seconds * 1000:.1f} ms/image = {flops / bf16_seconds / bf16_peak:.1%} "
+        "of the bf16 peak"
+    )
+
+
+if __name__ == "__main__":
+    main()
