@@ -77,4 +77,10 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
         "predictions",
         cwd=tmp_path,
     )
-    assert len(list((tmp_path / "predictions").rglob("*.png"))) == len(list(images.glob("*.png"))), predicted.stdout
+    count = len(list(images.glob("*.png")))
+    assert len(list((tmp_path / "predictions").rglob("images/**/*.png"))) == count, predicted.stdout
+    records = [json.loads(line) for line in next((tmp_path / "predictions").rglob("predictions.jsonl")).open()]
+    assert len(records) == count
+    assert set(records[0]) == {"image_path", "pred_score", "pred_label", "defect_type", "explanation", "mask_path"}
+    assert all(Path(record["mask_path"]).is_file() for record in records)
+    assert {record["image_path"] for record in records} == {str(path) for path in images.glob("*.png")}

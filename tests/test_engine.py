@@ -14,7 +14,9 @@ from anomalib_genau.backbone import build_tiny_backbone
 from anomalib_genau.data import GenAUDataModule
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
 
-METRICS = {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Score"}
+SCORES = {"image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Score"}
+SCORES |= {"type_WeightedPrecision", "type_WeightedRecall", "type_WeightedF1"}
+COUNTS = {"type_answers_naming_no_candidate", "type_answers_naming_several"}
 
 
 def _datamodule(source: Path, target: Path) -> GenAUDataModule:
@@ -44,8 +46,9 @@ def test_fit_then_test_reports_anomalib_metrics_and_writes_pictures(trained) -> 
     engine, model, datamodule = trained
     assert engine.trainer.global_step == 2 * math.ceil(len(datamodule.train_data) / 4)
     metrics = engine.test(model=model, datamodule=datamodule)[0]
-    assert set(metrics) == METRICS
-    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    assert set(metrics) == SCORES | COUNTS
+    assert all(0.0 <= metrics[name] <= 1.0 for name in SCORES)
+    assert 0 <= metrics["type_answers_naming_no_candidate"] <= 20  # of the 20 target test images
     pictures = list(Path(engine.trainer.default_root_dir).rglob("images/**/*.png"))
     assert len(pictures) == 20  # one per target test image
 

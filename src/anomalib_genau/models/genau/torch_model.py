@@ -227,7 +227,7 @@ class GenAUModel(nn.Module):
             ``image_sizes`` ``(B, 2)``.
 
         """
-        if isinstance(images, torch.Tensor) and images.ndim != 4:
+        if isinstance(images, torch.Tensor) and (images.ndim != 4 or images.shape[1] not in {1, 3}):
             msg = f"GenAU expects images of shape (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}."
             raise ValueError(msg)
         images = self.image_list(images)
