@@ -16,10 +16,7 @@ Prints figures and ratios only; nothing is asserted. Measured:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,20 +25,9 @@ from anomalib_genau.backbone import QWEN2_0_5B, TINY, build_random_backbone
 from anomalib_genau.models.genau.decoding import decode_with_anchors
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.prompts import instruction
+from timing import median_seconds
 
 SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
-
-
-def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``function`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:

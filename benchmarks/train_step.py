@@ -9,9 +9,7 @@ AdamW) and of one inference pass (prefill + cached decoding + readout) per image
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -20,17 +18,7 @@ from anomalib_genau.backbone import build_tiny_backbone
 from anomalib_genau.models.genau.loss import GenAULoss
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.prompts import instruction, response
-
-
-def _median_seconds(function, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main() -> None:
@@ -63,8 +51,8 @@ def main() -> None:
         model.eval()
         model.inspect(images, instructions)
 
-    step = _median_seconds(train_step, args.steps)
-    infer = _median_seconds(inference, max(3, args.steps // 4))
+    step = median_seconds(train_step, args.steps, warmup=2)
+    infer = median_seconds(inference, max(3, args.steps // 4), warmup=2)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"tiny GenAU on {torch.get_num_threads()} threads, batch {batch}, {args.image_size}px images")
