@@ -18,8 +18,6 @@ import yaml
 NORMAL_NAMES = frozenset({"good", "normal", "ok"})
 NORMAL_LABEL = "normal"
 
-# anomalib datamodule class name -> dataset key of the taxonomy file.
-DATAMODULE_TO_DATASET = {"MVTecAD": "mvtec_ad", "Visa": "visa", "MPDD": "mpdd", "RealIAD": "real_iad"}
 
 # Datasets whose mapping the paper's table does not give legibly (see the taxonomy file's header).
 PROVISIONAL_DATASETS = frozenset({"mpdd"})

@@ -30,7 +30,6 @@ from torchvision.tv_tensors import Mask
 
 from anomalib_genau import prompts
 from anomalib_genau.taxonomy import (
-    DATAMODULE_TO_DATASET,
     object_name,
     product_candidates,
     sample_defect_types,
@@ -278,11 +277,11 @@ class ReadableBatchLoader(DataLoader):
 
 def category_data(datamodule: AnomalibDataModule) -> CategoryData:
     """The test split of a set-up single-category anomalib datamodule as :class:`CategoryData`."""
-    name = type(datamodule).__name__
-    source = DATASET_SOURCES.get(name)
+    source = DATASET_SOURCES.get(type(datamodule).__name__)
     reader = source.defect_names(datamodule) if source is not None else folder_defect_names
+    taxonomy_key = source.taxonomy_key if source is not None else None
     category = getattr(datamodule, "category", None) or getattr(datamodule, "name", "object")
-    return CategoryData.from_dataset(datamodule.test_data, category, DATAMODULE_TO_DATASET.get(name), reader)
+    return CategoryData.from_dataset(datamodule.test_data, category, taxonomy_key, reader)
 
 
 DataModules = AnomalibDataModule | Sequence[AnomalibDataModule]
