@@ -10,7 +10,7 @@ cached step that reads the ``[SEG_normal]`` anchor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +76,70 @@ def next_tokens(
     return chosen, forced
 
 
+# One decoding step: ``(B,)`` fed ids, ``(B, T)`` attention mask, ``(B,)`` positions ->
+# ``(B, V)`` next-token logits and ``(B, D)`` final-layer states of the fed tokens.
+DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def greedy_anchor_decode(
+    first_logits: torch.Tensor,
+    step: DecodeStep,
+    attention_mask: torch.Tensor,
+    last_position: torch.Tensor,
+    seg_ids: tuple[int, int],
+    banned_ids: Sequence[int],
+    pad_id: int,
+    max_new_tokens: int,
+) -> DecodeResult:
+    """Decode greedily after a prefill and read both anchors; the backend (torch, OpenVINO) is ``step``.
+
+    Args:
+        first_logits: ``(B, V)`` logits after the prompt (the prefill's last position).
+        step: Feeds one token per image through the cached decoder, see ``DecodeStep``.
+        attention_mask: ``(B, L)`` prompt attention mask.
+        last_position: ``(B,)`` position id of each prompt's last token.
+        seg_ids: ``([SEG_defect] id, [SEG_normal] id)``.
+        banned_ids: Ids never chosen inside an answer (turn and sequence ends, media tokens).
+        pad_id: Id fed for images that have finished.
+        max_new_tokens: Decoding budget, at least 2.
+
+    """
+    if max_new_tokens < 2:
+        msg = f"max_new_tokens must be at least 2 to fit both segmentation tokens, got {max_new_tokens}."
+        raise ValueError(msg)
+    seg_defect_id, seg_normal_id = seg_ids
+    logits, position = first_logits, last_position
+    emitted_defect = torch.zeros(first_logits.shape[0], dtype=torch.bool, device=first_logits.device)
+    finished = torch.zeros_like(emitted_defect)
+    forced_any = torch.zeros_like(emitted_defect)
+    tokens, states = [], []
+    for index in range(max_new_tokens):
+        chosen, forced = next_tokens(
+            logits, index, max_new_tokens, seg_defect_id, seg_normal_id, banned_ids, emitted_defect
+        )
+        chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
+        forced_any |= forced & ~finished
+        tokens.append(chosen)
+        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=1)
+        position = position + 1
+        logits, state = step(chosen, attention_mask, position)
+        states.append(state)
+        emitted_defect |= (chosen == seg_defect_id) & ~finished
+        finished |= chosen == seg_normal_id
+        if bool(finished.all()):
+            break
+    token_matrix = torch.stack(tokens, dim=1)
+    anchors = anchor_states(torch.stack(states, dim=1), token_matrix, seg_ids)
+    answers = [row[: row.index(seg_defect_id)] for row in token_matrix.tolist()]
+    return DecodeResult(
+        tokens=token_matrix,
+        anchors=anchors,
+        answer_tokens=answers,
+        forced=forced_any,
+        first_logits=first_logits.float(),
+    )
+
+
 @torch.no_grad()
 def decode_with_anchors(
     llava: LlavaOnevisionForConditionalGeneration,
@@ -85,7 +149,7 @@ def decode_with_anchors(
     pad_id: int,
     max_new_tokens: int,
 ) -> DecodeResult:
-    """Prefill once, decode greedily with the KV cache, and read both anchors.
+    """Prefill once, decode greedily with the model's KV cache, and read both anchors.
 
     Args:
         llava: The (LoRA-wrapped) LLaVA-OneVision model.
@@ -97,51 +161,31 @@ def decode_with_anchors(
         max_new_tokens: Decoding budget, at least 2.
 
     """
-    if max_new_tokens < 2:
-        msg = f"max_new_tokens must be at least 2 to fit both segmentation tokens, got {max_new_tokens}."
-        raise ValueError(msg)
-    seg_defect_id, seg_normal_id = seg_ids
     output = llava(**prefill, use_cache=True, logits_to_keep=1)
-    cache, logits = output.past_key_values, output.logits[:, -1]
-    first_logits = logits.float()
-    attention_mask = prefill["attention_mask"]
-    position = prefill["position_ids"][:, -1]
-    batch = attention_mask.shape[0]
-    emitted_defect = torch.zeros(batch, dtype=torch.bool, device=logits.device)
-    finished = torch.zeros_like(emitted_defect)
-    forced_any = torch.zeros_like(emitted_defect)
-    tokens, states = [], []
-    for step in range(max_new_tokens):
-        chosen, forced = next_tokens(
-            logits, step, max_new_tokens, seg_defect_id, seg_normal_id, banned_ids, emitted_defect
-        )
-        chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
-        forced_any |= forced & ~finished
-        tokens.append(chosen)
-        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=1)
-        position = position + 1
-        output = llava(
-            input_ids=chosen[:, None],
+    cache = output.past_key_values
+
+    def step(
+        ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fed = llava(
+            input_ids=ids[:, None],
             attention_mask=attention_mask,
             position_ids=position[:, None],
             past_key_values=cache,
             use_cache=True,
             output_hidden_states=True,
         )
-        cache, logits = output.past_key_values, output.logits[:, -1]
-        states.append(output.hidden_states[-1][:, -1])
-        emitted_defect |= (chosen == seg_defect_id) & ~finished
-        finished |= chosen == seg_normal_id
-        if bool(finished.all()):
-            break
-    token_matrix = torch.stack(tokens, dim=1)
-    hidden = torch.stack(states, dim=1)  # (B, T, D)
-    anchors = anchor_states(hidden, token_matrix, seg_ids)
-    answers = []
-    for row in token_matrix.tolist():
-        answers.append(row[: row.index(seg_defect_id)])
-    return DecodeResult(
-        tokens=token_matrix, anchors=anchors, answer_tokens=answers, forced=forced_any, first_logits=first_logits
+        return fed.logits[:, -1], fed.hidden_states[-1][:, -1]
+
+    return greedy_anchor_decode(
+        output.logits[:, -1],
+        step,
+        prefill["attention_mask"],
+        prefill["position_ids"][:, -1],
+        seg_ids,
+        banned_ids,
+        pad_id,
+        max_new_tokens,
     )
 
 

@@ -19,13 +19,16 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
+from anomalib.deploy import CompressionType
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -46,6 +49,8 @@ from .metrics import WeightedF1, WeightedPrecision, WeightedRecall
 from .torch_model import GenAUModel
 from .visualizer import GenAUVisualizer
 
+logger = logging.getLogger(__name__)
+
 # Constructor arguments that shape the trained weights or their outputs: a checkpoint only
 # loads onto a model built with the same values.
 ARCHITECTURE_ARGUMENTS = (
@@ -59,7 +64,7 @@ ARCHITECTURE_ARGUMENTS = (
 )
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """Lists and tuples compare equal (a checkpoint stores sequences as lists)."""
     return list(value) if isinstance(value, tuple | list) else value
 
@@ -359,7 +364,7 @@ class GenAU(AnomalibModule):
             "backbone": str(self.hparams.backbone),
             "fingerprint": self.model.backbone_fingerprint,
             # kept apart from ``hyper_parameters``, which load_from_checkpoint overwrites with its kwargs
-            "architecture": {key: _plain(self.hparams[key]) for key in ARCHITECTURE_ARGUMENTS},
+            "architecture": {key: plain_value(self.hparams[key]) for key in ARCHITECTURE_ARGUMENTS},
         }
 
     def _check_architecture(self, saved: dict[str, Any]) -> None:
@@ -368,12 +373,14 @@ class GenAU(AnomalibModule):
         They change the weights' shapes or, silently, the outputs (``lora_alpha``, ``temperature``).
         """
         differing = [
-            key for key in ARCHITECTURE_ARGUMENTS if key in saved and _plain(saved[key]) != _plain(self.hparams[key])
+            key
+            for key in ARCHITECTURE_ARGUMENTS
+            if key in saved and plain_value(saved[key]) != plain_value(self.hparams[key])
         ]
         if differing:
-            trained = ", ".join(f"{key}={_plain(saved[key])}" for key in differing)
-            built = ", ".join(f"{key}={_plain(self.hparams[key])}" for key in differing)
-            flags = " ".join(f"--model.{key} {_plain(saved[key])}" for key in differing)
+            trained = ", ".join(f"{key}={plain_value(saved[key])}" for key in differing)
+            built = ", ".join(f"{key}={plain_value(self.hparams[key])}" for key in differing)
+            flags = " ".join(f"--model.{key} {plain_value(saved[key])}" for key in differing)
             msg = (
                 f"This checkpoint was trained with {trained}, but the model was built with {built}. "
                 f"Pass {flags}, or load it with GenAU.load_from_checkpoint, which restores them."
@@ -403,6 +410,61 @@ class GenAU(AnomalibModule):
             for key in self._backbone_keys(own):
                 state_dict.setdefault(key, own[key])
         super().on_load_checkpoint(checkpoint)
+
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        compression_type: CompressionType | None = None,
+        *args,
+        **kwargs,
+    ) -> Path:
+        """Export to OpenVINO IR in ``export_root/weights/openvino/`` (what ``anomalib export`` calls).
+
+        GenAU decodes in a loop, so it is exported as several graphs plus a manifest
+        (``anomalib_genau.deploy.export``) instead of anomalib's single ONNX-traced graph; load
+        it with ``anomalib_genau.deploy.GenAUOpenVINOInferencer``.
+
+        Args:
+            export_root: Root folder of the export.
+            model_file_name: Unused: GenAU's graphs have fixed names.
+            input_size: ``(H, W)`` to export; ``None``: the pre-processor's size.
+            compression_type: ``None`` (f32 weights), ``FP16`` or ``INT8`` (NNCF weight
+                compression); INT4 is ``anomalib-genau export --weights int4``.
+            *args: anomalib's ``datamodule`` (unused: weight compression needs no data).
+            **kwargs: anomalib's other export options; those set are logged as ignored.
+
+        Returns:
+            The manifest ``genau.json``.
+
+        Raises:
+            ValueError: ``INT8_PTQ`` or ``INT8_ACQ``: full quantization of the decoder is not supported.
+
+        """
+        del model_file_name, args
+        unused = {key for key, value in kwargs.items() if value is not None and key not in {"max_drop", "metric"}}
+        if unused:
+            logger.warning("GenAU's OpenVINO export ignores %s.", ", ".join(sorted(unused)))
+        from anomalib_genau.deploy.export import export_openvino
+
+        weights = {None: "f32", CompressionType.FP16: "fp16", CompressionType.INT8: "int8"}.get(
+            CompressionType(compression_type) if compression_type else None
+        )
+        if weights is None:
+            msg = (
+                f"GenAU supports OpenVINO weight compression only (fp16, int8, and int4 through "
+                f"`anomalib-genau export`), not '{compression_type}'."
+            )
+            raise ValueError(msg)
+        root = Path(export_root) / "weights" / "openvino"
+        return export_openvino(self, root, [input_size] if input_size else None, weights)
+
+    def to_onnx(self, *args, **kwargs) -> Path:
+        """Refused: ONNX holds neither a model over 2 GB nor GenAU's decode loop; use ``to_openvino``."""
+        del args, kwargs
+        msg = "GenAU cannot be exported to ONNX (2 GB limit, decode loop): use --export_type openvino."
+        raise NotImplementedError(msg)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

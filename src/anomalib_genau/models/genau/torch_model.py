@@ -106,6 +106,11 @@ class VisionFeatures:
     tile_stages: list[list[torch.Tensor]]
 
 
+def _size_list(image_sizes: torch.Tensor | Sequence[Sequence[int]]) -> list[list[int]]:
+    """Image sizes as Python ints: ``torch.export`` keeps them static (the AnyRes grid is a constant)."""
+    return image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else [[int(v) for v in s] for s in image_sizes]
+
+
 class GenAUModel(nn.Module):
     """LLaVA-OneVision with ``[SEG_defect]``/``[SEG_normal]`` anchors and a multi-stage readout.
 
@@ -266,29 +271,42 @@ class GenAUModel(nn.Module):
             encoded = llava.model.get_image_features(
                 pixel_values.to(llava.dtype), image_sizes, output_hidden_states=True, return_dict=True
             )
-        config = llava.config
+        layers = [encoded.hidden_states[layer] for layer in self.vision_layers]
+        global_stages, tile_stages = self.split_views(layers, image_sizes)
+        return VisionFeatures(encoder_output=encoded, global_stages=global_stages, tile_stages=tile_stages)
+
+    def split_views(
+        self, stages: Sequence[torch.Tensor], image_sizes: torch.Tensor | Sequence[Sequence[int]]
+    ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """Split each stage's features of all views into global views and per-image tiles.
+
+        Args:
+            stages: ``S`` tensors ``(sum P_i, h*w, C)``: each image's ``P_i`` views, global first.
+            image_sizes: ``(B, 2)`` sizes ``(H, W)`` given to the processor.
+
+        Returns:
+            Per stage the global views ``(B, h*w, C)``; per image, per stage its tiles ``(P_i - 1, h*w, C)``.
+
+        """
+        config = self.llava.config
         counts = [
             image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
-            for size in image_sizes.tolist()
+            for size in _size_list(image_sizes)
         ]
         starts = [sum(counts[:i]) for i in range(len(counts))]
-        layers = [encoded.hidden_states[layer] for layer in self.vision_layers]
-        return VisionFeatures(
-            encoder_output=encoded,
-            global_stages=[layer[starts] for layer in layers],
-            tile_stages=[
-                [layer[start + 1 : start + count] for layer in layers]
-                for start, count in zip(starts, counts, strict=True)
-            ],
-        )
+        global_stages = [stage[starts] for stage in stages]
+        tile_stages = [
+            [stage[start + 1 : start + count] for stage in stages] for start, count in zip(starts, counts, strict=True)
+        ]
+        return global_stages, tile_stages
 
     def high_res_logits(
-        self, vision: VisionFeatures, anchors: torch.Tensor, image_sizes: torch.Tensor
+        self, vision: VisionFeatures, anchors: torch.Tensor, image_sizes: torch.Tensor | Sequence[Sequence[int]]
     ) -> list[torch.Tensor]:
         """Readout on each image's reassembled AnyRes grid: per image ``(S, 1, 2, h_i, w_i)``."""
         config = self.llava.config
         logits = []
-        for index, (tiles, size) in enumerate(zip(vision.tile_stages, image_sizes.tolist(), strict=True)):
+        for index, (tiles, size) in enumerate(zip(vision.tile_stages, _size_list(image_sizes), strict=True)):
             grids = [reassemble_tiles(stage, size, config.image_grid_pinpoints, self.tile_size) for stage in tiles]
             height, width = grids[0].shape[:2]
             features = [grid.reshape(1, height * width, -1) for grid in grids]
@@ -414,6 +432,32 @@ class GenAUModel(nn.Module):
         ]
         return encoded, vision, decoded, answers
 
+    def anomaly_maps(
+        self, vision: VisionFeatures, anchors: torch.Tensor, image_sizes: torch.Tensor | Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """Anomaly maps ``(B, 1, max H, max W)`` in ``[0, 1]`` from one vision pass and the ``(B, 2, D)`` anchors.
+
+        Images of one size give ``(B, 1, H, W)``; of different sizes, each map is computed at its
+        own size and zero-padded at the bottom and right (maps are ``>= 0``).
+        """
+        logits = self.readout(vision.global_stages, anchors, self.grid)
+        high_res = self.high_res_logits(vision, anchors, image_sizes) if self.high_res_readout else None
+        sizes = [tuple(size) for size in _size_list(image_sizes)]
+        if len(set(sizes)) == 1:
+            return anomaly_map(logits, sizes[0], high_res, self.high_res_weight)
+        return pad_maps(
+            [
+                anomaly_map(logits[:, i : i + 1], size, high_res and high_res[i : i + 1], self.high_res_weight)
+                for i, size in enumerate(sizes)
+            ]
+        )
+
+    def decision_log_odds(self, first_logits: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` log-odds of a defect answer against a normal one, from the ``(B, V)`` first-answer logits."""
+        log_probs = first_logits.float().log_softmax(dim=-1)
+        normal_id, defect_id = self.answer_ids
+        return log_probs[:, defect_id] - log_probs[:, normal_id]
+
     @torch.no_grad()
     def inspect(
         self, images: torch.Tensor | Sequence[torch.Tensor], instructions: Sequence[str] | None = None
@@ -431,24 +475,9 @@ class GenAUModel(nn.Module):
         the map maximum with the decoder log-odds under the frozen calibration.
         """
         encoded, vision, decoded, answers = self.decode(images, instructions)
-        logits = self.readout(vision.global_stages, decoded.anchors, self.grid)
-        high_res = (
-            self.high_res_logits(vision, decoded.anchors, encoded["image_sizes"]) if self.high_res_readout else None
-        )
-        sizes = [tuple(size) for size in encoded["image_sizes"].tolist()]
-        if len(set(sizes)) == 1:
-            maps = anomaly_map(logits, sizes[0], high_res, self.high_res_weight)
-        else:  # one map per image at its own size, zero-padded to the largest (maps are >= 0)
-            maps = pad_maps(
-                [
-                    anomaly_map(logits[:, i : i + 1], size, high_res and high_res[i : i + 1], self.high_res_weight)
-                    for i, size in enumerate(sizes)
-                ]
-            )
+        maps = self.anomaly_maps(vision, decoded.anchors, encoded["image_sizes"])
         map_max = maps.flatten(1).amax(dim=1)
-        log_probs = decoded.first_logits.log_softmax(dim=-1)
-        normal_id, defect_id = self.answer_ids
-        log_odds = log_probs[:, defect_id] - log_probs[:, normal_id]
+        log_odds = self.decision_log_odds(decoded.first_logits)
         batch = InferenceBatch(pred_score=self.image_score(map_max, log_odds), anomaly_map=maps)
         return Inspection(batch=batch, answers=answers, forced=decoded.forced, map_max=map_max, log_odds=log_odds)
 

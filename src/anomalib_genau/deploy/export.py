@@ -1,0 +1,254 @@
+"""Export a trained GenAU to OpenVINO IR: the graphs of ``graphs.py``, the processor and a manifest.
+
+The export folder holds::
+
+    genau.json                 manifest: configuration, token ids, sizes, files
+    vision_tower.xml/.bin      SigLIP (one copy for every size)
+    image_tokens_HxW.xml/.bin  projector and AnyRes packing, per exported size
+    readout_HxW.xml/.bin       map, calibrated score and post-processing, per exported size
+    embeddings.xml/.bin        token embeddings
+    language_model.xml/.bin    the decoder, KV cache as inputs and outputs
+    processor/                 the LLaVA-OneVision processor (tokenizer, image processor)
+
+LoRA and the new-token rows are merged into the weights before tracing and unmerged after.
+Each IR carries the export's configuration id in its ``rt_info``, so files of two exports are
+never mixed. Graphs are traced with ``torch.export`` (static image sizes make the AnyRes grid
+a constant; TorchScript tracing fails on ``unpad_image``'s rounding) and converted with
+``openvino.convert_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import openvino as ov
+import torch
+from torch.export import Dim
+
+from .graphs import DecoderGraph, EmbeddingGraph, ImageTokensGraph, ReadoutGraph, VisionTowerGraph
+
+if TYPE_CHECKING:
+    from anomalib_genau.models.genau.lightning_model import GenAU
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "genau.json"
+FORMAT_VERSION = 1
+# Weight formats of the export: f32, fp16 storage, NNCF INT8 (all graphs but the readout), NNCF
+# INT4 (the decoder and embeddings; the vision graphs INT8).
+WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4")
+RT_INFO_KEY = ["genau", "config_id"]
+
+
+def size_name(size: Sequence[int]) -> str:
+    """``"384x384"``: the file-name suffix of an exported ``(H, W)``."""
+    return f"{int(size[0])}x{int(size[1])}"
+
+
+def _convert(module: torch.nn.Module, args: tuple, names: Sequence[str], dynamic_shapes: Any = None) -> ov.Model:
+    """Trace ``module`` with ``torch.export``, convert it and name its inputs."""
+    with torch.no_grad():
+        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+    model = ov.convert_model(program)
+    for port, name in zip(model.inputs, names, strict=True):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def _name_outputs(model: ov.Model, names: Sequence[str]) -> ov.Model:
+    for port, name in zip(model.outputs, names, strict=True):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def _compress(model: ov.Model, weights: str, language: bool) -> ov.Model:
+    """NNCF weight compression: INT8 (asymmetric, per channel) or INT4 (symmetric, groups of 64).
+
+    INT4 keeps NNCF's default INT8 backup for the embeddings and the LM head.
+    """
+    import nncf
+
+    if weights == "int4" and language:
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=64, ratio=1.0)
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+def export_openvino(
+    module: GenAU,
+    export_root: str | Path,
+    image_sizes: Sequence[Sequence[int]] | None = None,
+    weights: str = "f32",
+) -> Path:
+    """Write GenAU's OpenVINO export; returns the manifest's path.
+
+    Args:
+        module: A trained (calibrated, thresholded) GenAU module.
+        export_root: Folder to write into (created).
+        image_sizes: ``(H, W)`` sizes to export; images are resized to the one nearest in
+            aspect ratio at inference. ``None``: the pre-processor's size (the size GenAU saw
+            in training and testing), else the vision tower's tile size.
+        weights: ``"f32"``, ``"fp16"`` (weights stored in fp16), ``"int8"`` (NNCF INT8 weights for
+            every graph) or ``"int4"`` (NNCF INT4 weights for the decoder, INT8 for the rest).
+
+    Raises:
+        ValueError: Unknown ``weights``, or an image size below one patch.
+
+    """
+    if weights not in WEIGHT_FORMATS:
+        msg = f"Unknown weight format '{weights}'; use one of {', '.join(WEIGHT_FORMATS)}."
+        raise ValueError(msg)
+    model = module.model
+    sizes = [tuple(int(v) for v in size) for size in (image_sizes or [default_size(module)])]
+    patch = model.llava.config.vision_config.patch_size
+    for size in sizes:
+        if len(size) != 2 or min(size) < patch:
+            msg = f"Export size {size} must be (H, W) with both sides at least one patch ({patch} px)."
+            raise ValueError(msg)
+    root = Path(export_root)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(module, sizes, weights)
+    was_training = model.training
+    model.eval()
+    model.vlm.merge_adapter()
+    try:  # saved before unmerging: the converted graphs share their weights' memory with torch
+        files = {}
+        for name, traced in trace_graphs(module, sizes, manifest["score"]["fused"]).items():
+            language = name in {"language_model", "embeddings"}
+            compressed = weights in {"int8", "int4"} and not name.startswith("readout")
+            graph = _compress(traced, weights, language) if compressed else traced
+            graph.set_rt_info(manifest["config_id"], RT_INFO_KEY)
+            path = root / f"{name}.xml"
+            ov.save_model(graph, path, compress_to_fp16=weights == "fp16")
+            files[name] = path.name
+    finally:
+        model.vlm.unmerge_adapter()
+        model.train(was_training)
+    model.processor.save_pretrained(root / "processor")
+    manifest["files"] = files
+    path = root / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2))
+    logger.info("GenAU OpenVINO export written to %s", root)
+    return path
+
+
+def default_size(module: GenAU) -> tuple[int, int]:
+    """The pre-processor's resize target, else the vision tower's tile size."""
+    transform = getattr(module.pre_processor, "transform", None)
+    size = getattr(transform, "size", None)
+    if isinstance(size, Sequence) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return (module.model.tile_size,) * 2
+
+
+def build_manifest(module: GenAU, sizes: Sequence[tuple[int, int]], weights: str) -> dict[str, Any]:
+    """What the inferencer needs besides the graphs, and the configuration it must match."""
+    from anomalib_genau.models.genau.lightning_model import ARCHITECTURE_ARGUMENTS, plain_value
+
+    model = module.model
+    config = model.llava.config
+    text = config.text_config
+    configuration = {
+        "backbone": str(module.hparams.backbone),
+        "backbone_fingerprint": model.backbone_fingerprint,
+        **{key: plain_value(module.hparams[key]) for key in ARCHITECTURE_ARGUMENTS},
+        "high_res_readout": model.high_res_readout,
+        "high_res_weight": model.high_res_weight,
+        "score_fusion": model.score_fusion,
+        "mixing_weight": model.calibration.mixing_weight,
+    }
+    config_id = hashlib.sha256(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:16]
+    fused = bool(model.score_fusion and model.calibration.calibrated)
+    if model.score_fusion and not fused:
+        logger.warning("GenAU's score calibration is not estimated: the export scores by the map maximum.")
+    if module.defect_type_mode == "likelihood":
+        logger.warning("The OpenVINO inferencer answers defect types by generation (defect_type_mode='generate').")
+    return {
+        "format": FORMAT_VERSION,
+        "config_id": config_id,
+        "configuration": configuration,
+        "weights": weights,
+        "sizes": [list(size) for size in sizes],
+        "tile_size": model.tile_size,
+        "patch_size": config.vision_config.patch_size,
+        "image_grid_pinpoints": config.image_grid_pinpoints,
+        "decoder": {
+            "layers": text.num_hidden_layers,
+            "kv_heads": text.num_key_value_heads,
+            "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+        },
+        "tokens": {
+            "seg_ids": list(model.seg_ids),
+            "answer_ids": list(model.answer_ids),
+            "banned_ids": list(model.banned_ids),
+            "pad_id": model.pad_id,
+            "image_token_id": config.image_token_id,
+        },
+        "max_new_tokens": model.max_new_tokens,
+        "default_object": model.default_object,
+        "defect_types": module.defect_type_mode is not None,
+        "score": {"fused": fused},
+    }
+
+
+def trace_graphs(module: GenAU, sizes: Sequence[tuple[int, int]], fused_score: bool) -> dict[str, ov.Model]:
+    """Trace and convert every graph on a probe image of each size (weights already merged)."""
+    model = module.model
+    config = model.llava.config
+    graphs: dict[str, ov.Model] = {}
+    views = Dim("views", min=1, max=64)
+    tower = VisionTowerGraph(model)
+    for index, size in enumerate(sizes):
+        encoded = model.encode(torch.rand(1, 3, *size), None)
+        pixel_values = encoded["pixel_values"][0]
+        llm_features, stages = tower(pixel_values)
+        if index == 0:
+            graphs["vision_tower"] = _name_outputs(
+                _convert(tower, (pixel_values,), ["pixel_values"], ({0: views},)), ["llm_features", "stage_features"]
+            )
+            embeds = EmbeddingGraph(model)
+            graphs["embeddings"] = _name_outputs(
+                _convert(embeds, (encoded["input_ids"],), ["input_ids"], ({1: Dim("tokens", min=1, max=32768)},)),
+                ["inputs_embeds"],
+            )
+            graphs["language_model"] = _convert_decoder(model, embeds(encoded["input_ids"]))
+        graphs[f"image_tokens_{size_name(size)}"] = _name_outputs(
+            _convert(ImageTokensGraph(model, size), (llm_features,), ["llm_features"]), ["image_embeds"]
+        )
+        anchors = torch.randn(1, 2, config.text_config.hidden_size)
+        readout = ReadoutGraph(model, module.post_processor, size, fused_score)
+        graphs[f"readout_{size_name(size)}"] = _name_outputs(
+            _convert(readout, (stages, anchors, torch.zeros(1)), ["stage_features", "anchors", "log_odds"]),
+            ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
+        )
+    return graphs
+
+
+def _convert_decoder(model: torch.nn.Module, embeds: torch.Tensor) -> ov.Model:
+    """The decoder graph, traced with a batch of 2 and a non-empty past so no dimension is specialised."""
+    text = model.llava.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    length, past = 3, 2
+    embeds = embeds[:, :length].expand(2, -1, -1).contiguous()
+    keys = torch.zeros(text.num_hidden_layers, 2, text.num_key_value_heads, past, head_dim)
+    values = torch.zeros_like(keys)  # a distinct tensor: torch.export would alias one tensor passed twice
+    auto = Dim.AUTO
+    return _name_outputs(
+        _convert(
+            DecoderGraph(model),
+            (
+                embeds,
+                torch.ones(2, past + length, dtype=torch.long),
+                torch.arange(past, past + length).expand(2, -1),
+                keys,
+                values,
+            ),
+            ["inputs_embeds", "attention_mask", "position_ids", "past_keys", "past_values"],
+            ({0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}, {1: auto, 3: auto}, {1: auto, 3: auto}),
+        ),
+        ["logits", "hidden", "present_keys", "present_values"],
+    )

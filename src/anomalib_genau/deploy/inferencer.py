@@ -1,0 +1,322 @@
+"""Run an OpenVINO export of GenAU on images: score, map, mask, label, defect type and explanation.
+
+Sizes: an export holds one or more ``(H, W)`` sizes (by default the pre-processor's, the size
+GenAU was trained and tested at). Each image is resized, as anomalib's pre-processor does, to
+the exported size whose aspect ratio is nearest its own; the outputs are at that size, like
+anomalib's ``OpenVINOInferencer``. The size fixes the AnyRes grid: LLaVA-OneVision picks the
+``image_grid_pinpoints`` entry that fits the size best (384x384 -> one 384 tile + the global
+view; 384x768 -> 1x2 tiles + global view); ``genau.json`` lists the sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import torch
+from anomalib.deploy import OpenVINOInferencer
+from PIL import Image
+from torchvision.transforms.v2.functional import resize
+from transformers import LlavaOnevisionProcessor
+
+from anomalib_genau import prompts
+from anomalib_genau.data.images import read_rgb
+from anomalib_genau.data.sources import DATASET_SOURCES
+from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_decode
+from anomalib_genau.models.genau.lightning_model import plain_value
+from anomalib_genau.parsing import parse_defect_types
+from anomalib_genau.taxonomy import object_name, product_candidates
+
+from .export import MANIFEST, RT_INFO_KEY, size_name
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"f32": "f32", "bf16": "bf16"}
+
+
+class ExportError(ValueError):
+    """An export folder is incomplete, corrupt or from another configuration."""
+
+
+@dataclass
+class GenAUPrediction:
+    """One image's answer.
+
+    Attributes:
+        pred_score: Post-processed image score in ``[0, 1]`` (0.5 is the threshold).
+        pred_label: True for anomalous.
+        anomaly_map: ``(H, W)`` float32 post-processed map at the exported size.
+        pred_mask: ``(H, W)`` bool mask at the exported size.
+        defect_type: Comma-separated types (``""``: normal, or the category has no candidates).
+        explanation: The answer to the inspection question (and the type answer, when asked).
+        input_size: ``(H, W)`` the image was resized to.
+
+    """
+
+    pred_score: float
+    pred_label: bool
+    anomaly_map: np.ndarray
+    pred_mask: np.ndarray
+    defect_type: str
+    explanation: str
+    input_size: tuple[int, int]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-friendly fields (no arrays)."""
+        record = asdict(self)
+        del record["anomaly_map"], record["pred_mask"]
+        return record
+
+
+class GenAUOpenVINOInferencer:
+    """Load a GenAU OpenVINO export and answer images with it.
+
+    Args:
+        path: The export folder, or its ``genau.json``.
+        device: OpenVINO device (``"CPU"``).
+        precision: ``"f32"`` (matches torch within 1e-3) or ``"bf16"`` (faster on CPUs with
+            bf16; maps within 5e-2, see the README).
+        expected_configuration: If given, the export's configuration must equal it (for
+            example a checkpoint's ``genau_backbone["architecture"]`` plus backbone keys);
+            only the keys given are compared.
+
+    Raises:
+        ExportError: A file is missing or corrupt, or the graphs come from another configuration.
+
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "CPU",
+        precision: str = "f32",
+        expected_configuration: dict[str, Any] | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            msg = f"Unknown precision '{precision}'; use 'f32' or 'bf16'."
+            raise ValueError(msg)
+        path = Path(path)
+        self.root = path.parent if path.suffix == ".json" else path
+        self.manifest = self._read_manifest()
+        if expected_configuration is not None:
+            self._check_configuration(expected_configuration)
+        self.device = device
+        self.config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        files = self.manifest["files"]
+        self.vision_tower = self._load(files["vision_tower"])
+        self.embeddings = self._load(files["embeddings"])
+        self.language_model = self._load(files["language_model"])
+        self.sizes = [tuple(size) for size in self.manifest["sizes"]]
+        self.image_tokens = {size: self._load(files[f"image_tokens_{size_name(size)}"]) for size in self.sizes}
+        self.readouts = {size: self._load(files[f"readout_{size_name(size)}"]) for size in self.sizes}
+        try:
+            self.processor = LlavaOnevisionProcessor.from_pretrained(self.root / "processor")
+        except (OSError, ValueError) as error:
+            msg = f"Cannot load the processor of the export from {self.root / 'processor'}: {error}"
+            raise ExportError(msg) from error
+        tokens = self.manifest["tokens"]
+        self.seg_ids = tuple(tokens["seg_ids"])
+        self.patch_size = self.manifest["patch_size"]
+        self.warned_categories: set[str] = set()
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.root / MANIFEST
+        if not path.is_file():
+            msg = (
+                f"No GenAU export at {self.root}: {MANIFEST} is missing (export with `anomalib export --model GenAU`)."
+            )
+            raise ExportError(msg)
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            msg = f"{path} is not valid JSON: {error}"
+            raise ExportError(msg) from error
+        return manifest
+
+    def _check_configuration(self, expected: dict[str, Any]) -> None:
+        exported = self.manifest["configuration"]
+        differing = {key for key, value in expected.items() if plain_value(exported.get(key)) != plain_value(value)}
+        if differing:
+            got = ", ".join(f"{key}={exported.get(key)!r}" for key in sorted(differing))
+            wanted = ", ".join(f"{key}={expected[key]!r}" for key in sorted(differing))
+            msg = f"The export at {self.root} was made with {got}, but this inferencer expects {wanted}."
+            raise ExportError(msg)
+
+    def _load(self, name: str) -> ov.CompiledModel:
+        """Read and compile one graph through anomalib's ``OpenVINOInferencer``; refuse another export's."""
+        xml = self.root / name
+        for file in (xml, xml.with_suffix(".bin")):
+            if not file.is_file():
+                msg = f"The GenAU export at {self.root} is missing {file.name}."
+                raise ExportError(msg)
+        try:
+            model = ov.Core().read_model(xml)
+        except RuntimeError as error:
+            msg = f"Cannot read the OpenVINO graph {xml}: {str(error).splitlines()[0]}"
+            raise ExportError(msg) from error
+        config_id = model.get_rt_info(RT_INFO_KEY).astype(str) if model.has_rt_info(RT_INFO_KEY) else None
+        if config_id != self.manifest["config_id"]:
+            msg = (
+                f"{xml} was exported from configuration {config_id}, but {self.root / MANIFEST} describes "
+                f"configuration {self.manifest['config_id']}: the folder mixes files of two exports."
+            )
+            raise ExportError(msg)
+        try:
+            return OpenVINOInferencer(path=xml, device=self.device, config=self.config).model
+        except RuntimeError as error:
+            msg = f"Cannot compile the OpenVINO graph {xml}: {str(error).splitlines()[0]}"
+            raise ExportError(msg) from error
+
+    def prepare(self, image: str | Path | np.ndarray | Image.Image | torch.Tensor) -> torch.Tensor:
+        """The image as ``(3, H, W)`` float in ``[0, 1]``, resized to the nearest exported size.
+
+        Raises:
+            ValueError: Not an image, a channel count other than 1 or 3, or smaller than a patch.
+
+        """
+        name = str(image) if isinstance(image, str | Path) else f"the {type(image).__name__} input"
+        if isinstance(image, str | Path):
+            tensor = read_rgb(image)
+        elif isinstance(image, Image.Image):
+            tensor = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        elif isinstance(image, np.ndarray):
+            array = image[..., None] if image.ndim == 2 else image
+            if array.ndim != 3:
+                msg = f"{name} must be (H, W) or (H, W, C), got shape {image.shape}."
+                raise ValueError(msg)
+            scale = 255.0 if array.dtype == np.uint8 else 1.0
+            tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / scale).permute(2, 0, 1)
+        elif isinstance(image, torch.Tensor):
+            tensor = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
+        else:
+            msg = f"Cannot read an image from {type(image).__name__}; give a path, a PIL image, an array or a tensor."
+            raise TypeError(msg)
+        if tensor.ndim != 3 or tensor.shape[0] not in {1, 3}:
+            msg = f"{name} must have 1 or 3 channels, got shape {tuple(tensor.shape)}."
+            raise ValueError(msg)
+        if min(tensor.shape[-2:]) < self.patch_size:
+            msg = f"{name} is {tuple(tensor.shape[-2:])} pixels, smaller than one {self.patch_size}-pixel patch."
+            raise ValueError(msg)
+        size = self.nearest_size(tuple(tensor.shape[-2:]))
+        return resize(tensor.float().expand(3, -1, -1), list(size), antialias=True).clamp(0, 1)
+
+    def nearest_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The exported ``(H, W)`` whose aspect ratio is nearest the image's (log ratio)."""
+        aspect = np.log(image_size[1] / image_size[0])
+        return min(self.sizes, key=lambda size: abs(np.log(size[1] / size[0]) - aspect))
+
+    def predict(
+        self,
+        image: str | Path | np.ndarray | Image.Image | torch.Tensor,
+        category: str | None = None,
+        dataset: str | None = "MVTecAD",
+    ) -> GenAUPrediction:
+        """Answer one image.
+
+        Args:
+            image: A path, PIL image, ``(H, W[, C])`` array (uint8 or float in ``[0, 1]``) or ``(C, H, W)`` tensor.
+            category: The product (``"carpet"``): named in the prompt and, when the taxonomy knows
+                it, asked for its defect type among its candidates.
+            dataset: Taxonomy of ``category`` (``MVTecAD``, ``Visa``, ``MPDD``, ``RealIAD``).
+
+        """
+        pixels = self.prepare(image)
+        size = tuple(pixels.shape[-2:])
+        name = object_name(category) if category else self.manifest["default_object"]
+        encoded = self._encode(pixels, prompts.instruction(name))
+        llm_features, stage_features = self.vision_tower([encoded["pixel_values"][0].numpy()]).to_tuple()
+        image_embeds = self.image_tokens[size]([llm_features])[0]
+        decoded = self._decode(encoded["input_ids"], image_embeds)
+        answer = self._text(decoded)
+        normal_id, defect_id = self.manifest["tokens"]["answer_ids"]
+        log_probs = decoded.first_logits.log_softmax(dim=-1)
+        log_odds = (log_probs[:, defect_id] - log_probs[:, normal_id]).numpy()
+        outputs = self.readouts[size]([stage_features, decoded.anchors.numpy(), log_odds])
+        result = OpenVINOInferencer.post_process(outputs)
+        defect_type, explanation = "", answer
+        candidates = self.candidates(category, dataset)
+        if candidates:
+            type_input = self._encode(pixels, prompts.type_instruction(name, candidates))["input_ids"]
+            type_answer = self._text(self._decode(type_input, image_embeds))
+            defect_type = ", ".join(parse_defect_types(type_answer, candidates).types)
+        return GenAUPrediction(
+            pred_score=float(result["pred_score"].reshape(-1)[0]),
+            pred_label=bool(result["pred_label"].reshape(-1)[0]),
+            anomaly_map=result["anomaly_map"].reshape(size),
+            pred_mask=result["pred_mask"].reshape(size).astype(bool),
+            defect_type=defect_type,
+            explanation=explanation,
+            input_size=size,
+        )
+
+    def candidates(self, category: str | None, dataset: str | None) -> list[str] | None:
+        """The category's candidate defect types, or ``None``: no category, or the taxonomy lacks it (logged).
+
+        Raises:
+            ValueError: ``dataset`` is not one of the taxonomy's datasets.
+
+        """
+        if not category or not self.manifest["defect_types"]:
+            return None
+        if dataset is not None and dataset not in DATASET_SOURCES:
+            msg = f"Unknown dataset '{dataset}'; the taxonomy has {', '.join(DATASET_SOURCES)} (or None)."
+            raise ValueError(msg)
+        key = DATASET_SOURCES[dataset].taxonomy_key if dataset else None
+        candidates = product_candidates(key, category)
+        if not candidates and category not in self.warned_categories:
+            logger.warning("The defect taxonomy has no '%s' in %s: its defect type is not asked.", category, dataset)
+            self.warned_categories.add(category)
+        return candidates
+
+    def _encode(self, pixels: torch.Tensor, instruction: str) -> dict[str, torch.Tensor]:
+        chat = self.processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        return self.processor(images=[pixels], text=[chat], return_tensors="pt", do_rescale=False)
+
+    def _decode(self, input_ids: torch.Tensor, image_embeds: np.ndarray) -> DecodeResult:
+        """Prefill the prompt with the image tokens in place, then decode with the shared greedy loop."""
+        embeds = self.embeddings([input_ids.numpy()])[0]
+        image_positions = input_ids[0].numpy() == self.manifest["tokens"]["image_token_id"]
+        if int(image_positions.sum()) != image_embeds.shape[0]:
+            msg = (
+                f"The prompt has {int(image_positions.sum())} image tokens for {image_embeds.shape[0]} image features."
+            )
+            raise ExportError(msg)
+        embeds[0, image_positions] = image_embeds
+        decoder = self.manifest["decoder"]
+        empty = np.zeros((decoder["layers"], 1, decoder["kv_heads"], 0, decoder["head_dim"]), dtype=np.float32)
+        length = input_ids.shape[1]
+        logits, _, keys, values = self.language_model(
+            [embeds, np.ones((1, length), dtype=np.int64), np.arange(length)[None], empty, empty]
+        ).to_tuple()
+        cache = {"keys": keys, "values": values}
+
+        def step(ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            fed = self.embeddings([ids[:, None].numpy()])[0]
+            logits, hidden, cache["keys"], cache["values"] = self.language_model(
+                [fed, attention_mask.numpy(), position[:, None].numpy(), cache["keys"], cache["values"]]
+            ).to_tuple()
+            return torch.from_numpy(logits), torch.from_numpy(hidden)
+
+        tokens = self.manifest["tokens"]
+        return greedy_anchor_decode(
+            torch.from_numpy(logits),
+            step,
+            torch.ones(1, length, dtype=torch.long),
+            torch.tensor([length - 1]),
+            self.seg_ids,
+            tokens["banned_ids"],
+            tokens["pad_id"],
+            self.manifest["max_new_tokens"],
+        )
+
+    def _text(self, decoded: DecodeResult) -> str:
+        return self.processor.tokenizer.decode(decoded.answer_tokens[0], skip_special_tokens=True).strip()
