@@ -84,3 +84,33 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     assert set(records[0]) == {"image_path", "pred_score", "pred_label", "defect_type", "explanation", "mask_path"}
     assert all(Path(record["mask_path"]).is_file() for record in records)
     assert {record["image_path"] for record in records} == {str(path) for path in images.glob("*.png")}
+
+    # deployment: anomalib's export command, then the OpenVINO inferencer's command on the same images
+    _run(
+        str(BIN / "anomalib"),
+        "export",
+        "--model",
+        "GenAU",
+        "--model.backbone",
+        "./backbones/genau-tiny",
+        "--model.lora_rank",
+        "32",
+        "--model.lora_alpha",
+        "64",
+        "--export_type",
+        "openvino",
+        "--ckpt_path",
+        str(checkpoint),
+        "--export_root",
+        "exported",
+        cwd=tmp_path,
+    )
+    export = tmp_path / "exported" / "weights" / "openvino"
+    assert (export / "genau.json").is_file()
+    inferred = _run(str(BIN / "anomalib-genau"), "infer", str(export), str(images), "--masks", "masks", cwd=tmp_path)
+    deployed = {record["image_path"]: record for record in map(json.loads, inferred.stdout.strip().splitlines())}
+    assert set(deployed) == {record["image_path"] for record in records}
+    for record in records:  # the OpenVINO f32 export answers as the torch model did in `anomalib predict`
+        assert abs(deployed[record["image_path"]]["pred_score"] - record["pred_score"]) < 1e-3
+        assert deployed[record["image_path"]]["pred_label"] == record["pred_label"]
+        assert Path(tmp_path, deployed[record["image_path"]]["mask_path"]).is_file()

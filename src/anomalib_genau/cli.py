@@ -1,4 +1,4 @@
-"""``anomalib-genau``: build the tiny backbone, generate data, run the offline demo."""
+"""``anomalib-genau``: build the tiny backbone, generate data, run the offline demo, export and infer with OpenVINO."""
 
 from __future__ import annotations
 
@@ -144,6 +144,63 @@ def demo(args: argparse.Namespace) -> None:
     print(f"{steps} training steps, train + test {seconds:.1f} s; metrics and pictures in {run_dir}")
 
 
+def export(args: argparse.Namespace) -> None:
+    """Export a GenAU checkpoint to OpenVINO IR (f32, fp16, INT8 or INT4 weights)."""
+    from anomalib_genau.deploy import export_openvino
+    from anomalib_genau.models.genau import GenAU
+
+    module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+    sizes = [_size(text) for text in args.input_size] if args.input_size else None
+    manifest = export_openvino(module, args.export_root, sizes, args.weights)
+    files = sorted(p for p in manifest.parent.rglob("*") if p.is_file())
+    for path in files:
+        print(f"{path.stat().st_size:>12,d}  {path.relative_to(manifest.parent)}")
+    print(f"GenAU OpenVINO export ({args.weights} weights): {manifest}")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``"384x768"`` as ``(384, 768)`` (height x width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        msg = f"--input-size must look like 384x384 (height x width), got '{text}'."
+        raise SystemExit(msg) from None
+    return height, width
+
+
+def infer(args: argparse.Namespace) -> None:
+    """Answer images with an OpenVINO export: one JSON line per image, masks written as PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from anomalib_genau.data.images import BrokenImageError
+    from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer
+
+    try:
+        inferencer = GenAUOpenVINOInferencer(args.export, precision=args.precision)
+    except ExportError as error:
+        raise SystemExit(f"anomalib-genau infer: {error}") from None
+    paths = [p for item in args.images for p in (sorted(item.rglob("*.png")) if item.is_dir() else [item])]
+    if args.masks:
+        args.masks.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in paths:
+        try:
+            prediction = inferencer.predict(path, category=args.category, dataset=args.dataset)
+        except (BrokenImageError, ValueError) as error:  # one bad image does not stop a production line
+            print(json.dumps({"image_path": str(path), "error": str(error)}))
+            failed += 1
+            continue
+        record = {"image_path": str(path), **prediction.summary()}
+        if args.masks:
+            mask_path = args.masks / f"{path.stem}_mask.png"
+            Image.fromarray(prediction.pred_mask.astype(np.uint8) * 255).save(mask_path)
+            record["mask_path"] = str(mask_path)
+        print(json.dumps(record))
+    if failed:
+        raise SystemExit(f"anomalib-genau infer: {failed} of {len(paths)} images could not be read.")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``anomalib-genau`` command."""
     parser = argparse.ArgumentParser(prog="anomalib-genau", description=__doc__)
@@ -173,6 +230,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_demo.add_argument("--config", default=str(DEMO_CONFIG))
     run_demo.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     run_demo.set_defaults(handler=demo)
+
+    exporter = commands.add_parser("export", help=export.__doc__)
+    exporter.add_argument("--ckpt-path", type=Path, required=True)
+    exporter.add_argument("--export-root", type=Path, default=Path("exported"))
+    exporter.add_argument("--weights", choices=["f32", "fp16", "int8", "int4"], default="f32")
+    exporter.add_argument(
+        "--input-size", action="append", help="HxW to export (repeatable); default: the pre-processor's size"
+    )
+    exporter.set_defaults(handler=export)
+
+    inference = commands.add_parser("infer", help=infer.__doc__)
+    inference.add_argument("export", type=Path, help="export folder (or its genau.json)")
+    inference.add_argument("images", type=Path, nargs="+", help="image files, or folders searched for *.png")
+    inference.add_argument(
+        "--category", help="product in the prompt; its defect type is asked when the taxonomy has it"
+    )
+    inference.add_argument("--dataset", default="MVTecAD", help="taxonomy of --category: MVTecAD, Visa, MPDD, RealIAD")
+    inference.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    inference.add_argument("--masks", type=Path, help="folder for the predicted masks (PNG)")
+    inference.set_defaults(handler=infer)
 
     args = parser.parse_args(argv)
     args.handler(args)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import openvino as ov
 import torch
+from anomalib.post_processing import PostProcessor
 from torch.export import Dim
 
 from .graphs import DecoderGraph, EmbeddingGraph, ImageTokensGraph, ReadoutGraph, VisionTowerGraph
@@ -96,11 +97,19 @@ def export_openvino(
             every graph) or ``"int4"`` (NNCF INT4 weights for the decoder, INT8 for the rest).
 
     Raises:
-        ValueError: Unknown ``weights``, or an image size below one patch.
+        ValueError: Unknown ``weights``, an image size below one patch, or a module whose
+            post-processor has no thresholds yet (never validated: every output would be NaN).
 
     """
     if weights not in WEIGHT_FORMATS:
         msg = f"Unknown weight format '{weights}'; use one of {', '.join(WEIGHT_FORMATS)}."
+        raise ValueError(msg)
+    post_processor = module.post_processor
+    if not isinstance(post_processor, PostProcessor) or bool(torch.isnan(post_processor.image_threshold)):
+        msg = (
+            "GenAU's post-processor has no image threshold yet: export a model that has been validated "
+            "(fitted with a validation split, as CrossDataset provides, or loaded from such a checkpoint)."
+        )
         raise ValueError(msg)
     model = module.model
     sizes = [tuple(int(v) for v in size) for size in (image_sizes or [default_size(module)])]
@@ -123,7 +132,7 @@ def export_openvino(
             graph = _compress(traced, weights, language) if compressed else traced
             graph.set_rt_info(manifest["config_id"], RT_INFO_KEY)
             path = root / f"{name}.xml"
-            ov.save_model(graph, path, compress_to_fp16=weights == "fp16")
+            ov.save_model(graph, path, compress_to_fp16=weights != "f32")
             files[name] = path.name
     finally:
         model.vlm.unmerge_adapter()

@@ -148,14 +148,20 @@ class GenAUOpenVINOInferencer:
             raise ExportError(msg)
 
     def _load(self, name: str) -> ov.CompiledModel:
-        """Read and compile one graph through anomalib's ``OpenVINOInferencer``; refuse another export's."""
+        """Read and compile one graph; refuse one of another export.
+
+        Compiled without anomalib's ``OpenVINOInferencer.load_model``: it always caches compiled
+        blobs in ``./openvino_cache``, and a graph of the same structure with other weights (a
+        re-export) was then served a stale blob here (wrong outputs, a crash).
+        """
         xml = self.root / name
         for file in (xml, xml.with_suffix(".bin")):
             if not file.is_file():
                 msg = f"The GenAU export at {self.root} is missing {file.name}."
                 raise ExportError(msg)
+        core = ov.Core()
         try:
-            model = ov.Core().read_model(xml)
+            model = core.read_model(xml)
         except RuntimeError as error:
             msg = f"Cannot read the OpenVINO graph {xml}: {str(error).splitlines()[0]}"
             raise ExportError(msg) from error
@@ -166,11 +172,7 @@ class GenAUOpenVINOInferencer:
                 f"configuration {self.manifest['config_id']}: the folder mixes files of two exports."
             )
             raise ExportError(msg)
-        try:
-            return OpenVINOInferencer(path=xml, device=self.device, config=self.config).model
-        except RuntimeError as error:
-            msg = f"Cannot compile the OpenVINO graph {xml}: {str(error).splitlines()[0]}"
-            raise ExportError(msg) from error
+        return core.compile_model(model, self.device, self.config)
 
     def prepare(self, image: str | Path | np.ndarray | Image.Image | torch.Tensor) -> torch.Tensor:
         """The image as ``(3, H, W)`` float in ``[0, 1]``, resized to the nearest exported size.

@@ -1,0 +1,180 @@
+"""GenAU on CPU: torch eager fp32 against its OpenVINO export in f32, bf16 and INT8 weights.
+
+    python benchmarks/deployment.py                       # tiny backbone, 112 px
+    python benchmarks/deployment.py --size qwen2-0.5b     # real-size random weights, 384 px
+
+Prints figures and ratios only; nothing is asserted. One image through the whole answer
+(vision, prefill, greedy decoding of the short answer, readout, post-processing) per call:
+
+- latency per image (median) of torch eager fp32 and of the OpenVINO export run as f32
+  (f32 weights, f32 inference), bf16 (fp16 weights, bf16 inference) and INT8 (NNCF INT8
+  weights, bf16 inference), and INT4 (NNCF INT4 decoder weights, bf16 inference);
+- each backend's peak resident memory (its own process) and the export's IR size on disk;
+- the largest map and score differences from torch, and whether label and answer agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from anomalib_genau.backbone import QWEN2_0_5B, TINY, build_random_backbone
+from timing import median_seconds
+
+SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
+# backend name -> (export weights, inference precision)
+BACKENDS = {"OpenVINO f32": ("f32", "f32"), "OpenVINO bf16": ("fp16", "bf16"), "OpenVINO INT8": ("int8", "bf16")}
+INT4 = {"OpenVINO INT4": ("int4", "bf16")}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory in GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def build_module(backbone: Path) -> torch.nn.Module:
+    """A GenAU module as training leaves it: calibrated score, post-processing thresholds set."""
+    from anomalib_genau.models.genau import GenAU
+
+    torch.manual_seed(0)
+    module = GenAU(backbone=str(backbone)).eval()
+    module.model.calibration.estimate(torch.rand(16), torch.randn(16))
+    post = module.post_processor
+    for name, value in {"image_min": 0.0, "image_max": 1.0, "_image_threshold": 0.5}.items():
+        getattr(post, name).fill_(value)
+    for name, value in {"pixel_min": 0.0, "pixel_max": 1.0, "_pixel_threshold": 0.5}.items():
+        getattr(post, name).fill_(value)
+    return module
+
+
+def torch_worker(backbone: Path, image: Path, repeats: int) -> dict:
+    """Latency of eager fp32 inference and its outputs (the reference)."""
+    module = build_module(backbone)
+    pixels = module.pre_processor.transform(torch.load(image)[None])
+
+    def run() -> tuple:
+        with torch.no_grad():
+            inspection = module.model.inspect(pixels)
+            return module.post_processor(inspection.batch), inspection.answers
+
+    seconds = median_seconds(run, repeats)
+    batch, answers = run()
+    return {
+        "seconds": seconds,
+        "peak_gib": peak_rss_gib(),
+        "map": batch.anomaly_map[0, 0].tolist(),
+        "score": float(batch.pred_score[0]),
+        "label": bool(batch.pred_label[0]),
+        "answer": answers[0],
+    }
+
+
+def openvino_worker(export: Path, precision: str, image: Path, repeats: int) -> dict:
+    """Latency of the OpenVINO inferencer on one image, and its outputs."""
+    from anomalib_genau.deploy import GenAUOpenVINOInferencer
+
+    inferencer = GenAUOpenVINOInferencer(export, precision=precision)
+    pixels = torch.load(image)
+    seconds = median_seconds(lambda: inferencer.predict(pixels), repeats)
+    prediction = inferencer.predict(pixels)
+    return {
+        "seconds": seconds,
+        "peak_gib": peak_rss_gib(),
+        "map": prediction.anomaly_map.tolist(),
+        "score": prediction.pred_score,
+        "label": prediction.pred_label,
+        "answer": prediction.explanation,
+    }
+
+
+def in_subprocess(*args: str) -> dict:
+    """Run a worker in its own process, so its peak memory is its own."""
+    command = [sys.executable, __file__, "--worker", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def folder_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in {".xml", ".bin"}) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per backend (default: 5 tiny, 2 real)")
+    parser.add_argument("--int4", action="store_true", help="also export and time INT4 decoder weights")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "torch":
+            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]))
+        else:
+            record = openvino_worker(Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]))
+        print(json.dumps(record))
+        return
+
+    from anomalib_genau.deploy import export_openvino
+
+    size = SIZES[args.size]
+    repeats = args.repeats or (5 if args.size == "tiny" else 2)
+    torch.set_num_threads(torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        backbone = build_random_backbone(root / "backbone", size)
+        image = root / "image.pt"
+        torch.manual_seed(1)
+        torch.save(torch.rand(3, size.image_size, size.image_size), image)
+        print(f"GenAU {args.size}, one {size.image_size}x{size.image_size} image, {torch.get_num_threads()} threads")
+        reference = in_subprocess("torch", str(backbone), str(image), str(repeats))
+        rows = [("torch eager fp32", reference, None, None)]
+        module = build_module(backbone)
+        backends = {**BACKENDS, **(INT4 if args.int4 else {})}
+        for name, (weights, precision) in backends.items():
+            start = time.perf_counter()
+            manifest = export_openvino(module, root / weights, weights=weights)
+            exported = time.perf_counter() - start
+            record = in_subprocess("openvino", str(manifest.parent), precision, str(image), str(repeats))
+            rows.append((name, record, folder_mib(manifest.parent), exported))
+        print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
+
+    reference_map = torch.tensor(reference["map"])
+    print()
+    print(
+        "| backend | s / image | x torch eager | peak GiB | IR MiB | export s | max map diff | score diff | label |",
+        end="",
+    )
+    print(" answer |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, record, mib, exported in rows:
+        map_diff = float((torch.tensor(record["map"]) - reference_map).abs().max())
+        print(
+            f"| {name} | {record['seconds']:.3f} | {reference['seconds'] / record['seconds']:.2f} | "
+            f"{record['peak_gib']:.2f} | {'-' if mib is None else f'{mib:.1f}'} | "
+            f"{'-' if exported is None else f'{exported:.0f}'} | {map_diff:.2e} | "
+            f"{abs(record['score'] - reference['score']):.2e} | "
+            f"{'same' if record['label'] == reference['label'] else 'differs'} | "
+            f"{'same' if record['answer'] == reference['answer'] else 'differs'} |"
+        )
+    by_name = {name: (record, mib) for name, record, mib, _ in rows}
+    bf16, int8 = by_name["OpenVINO bf16"], by_name["OpenVINO INT8"]
+    print()
+    print(f"OpenVINO bf16 vs torch eager fp32: {reference['seconds'] / bf16[0]['seconds']:.2f}x faster")
+    print(
+        f"OpenVINO INT8 vs OpenVINO bf16: {bf16[0]['seconds'] / int8[0]['seconds']:.2f}x faster, "
+        f"IR {int8[1] / bf16[1]:.2f} of the size"
+    )
+
+
+if __name__ == "__main__":
+    main()

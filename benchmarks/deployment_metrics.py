@@ -1,0 +1,107 @@
+"""How much the OpenVINO export's weight formats change GenAU's metrics, on a test split.
+
+    python benchmarks/deployment_metrics.py --ckpt-path results/.../model.ckpt \\
+        --data datasets/genau_synthetic/target --categories carpet leather tile
+
+Runs the checkpoint's torch model (fp32, eager) and its OpenVINO export with f32, INT8 and
+INT4 weights over every test image of the MVTec-layout categories, and prints image AUROC,
+pixel AUROC and the agreement of labels and defect types with torch. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from anomalib.data import ImageBatch
+from anomalib.metrics import AUROC
+from PIL import Image
+
+from anomalib_genau import prompts
+from anomalib_genau.data.images import read_rgb
+from anomalib_genau.deploy import GenAUOpenVINOInferencer, export_openvino
+from anomalib_genau.models.genau import GenAU
+from anomalib_genau.taxonomy import object_name, product_candidates
+
+WEIGHTS = ("f32", "int8", "int4")
+
+
+def test_images(root: Path, category: str) -> list[tuple[Path, Path | None]]:
+    """``(image, mask or None)`` of a category's test split in the MVTec-AD layout."""
+    items = []
+    for path in sorted((root / category / "test").rglob("*.png")):
+        defect = path.parent.name
+        mask = root / category / "ground_truth" / defect / f"{path.stem}_mask.png"
+        items.append((path, None if defect == "good" else mask))
+    return items
+
+
+def torch_answer(module: GenAU, path: Path, category: str) -> tuple[float, bool, np.ndarray, str]:
+    pixels = module.pre_processor.transform(read_rgb(path)[None])
+    name = object_name(category)
+    candidates = product_candidates("mvtec_ad", category)
+    with torch.no_grad():
+        batch = module.post_processor(module.model.inspect(pixels, [prompts.instruction(name)]).batch)
+        types = module.model.predict_types(pixels, [prompts.type_instruction(name, candidates)], [candidates]).types[0]
+    return float(batch.pred_score[0]), bool(batch.pred_label[0]), batch.anomaly_map[0, 0].numpy(), ", ".join(types)
+
+
+def metrics(records: list[tuple[float, bool, np.ndarray, str]], items: list[tuple[Path, Path | None]]) -> dict:
+    """Image and pixel AUROC through anomalib's metric."""
+    size = records[0][2].shape
+    masks = []
+    for _, mask in items:
+        if mask is None:
+            masks.append(torch.zeros(size))
+        else:
+            masks.append(torch.from_numpy(np.asarray(Image.open(mask).convert("L").resize(size[::-1]))) > 127)
+    batch = ImageBatch(
+        image=torch.zeros(len(items), 3, *size),
+        gt_label=torch.tensor([mask is not None for _, mask in items]),
+        gt_mask=torch.stack(masks).bool(),
+        pred_score=torch.tensor([r[0] for r in records]),
+        anomaly_map=torch.from_numpy(np.stack([r[2] for r in records]))[:, None],
+    )
+    image_auroc = AUROC(fields=["pred_score", "gt_label"])
+    pixel_auroc = AUROC(fields=["anomaly_map", "gt_mask"])
+    image_auroc.update(batch)
+    pixel_auroc.update(batch)
+    return {"image AUROC": float(image_auroc.compute()), "pixel AUROC": float(pixel_auroc.compute())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt-path", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="MVTec-layout root of the test categories")
+    parser.add_argument("--categories", nargs="+", required=True)
+    args = parser.parse_args()
+
+    module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu", weights_only=False).eval()
+    items = [(category, item) for category in args.categories for item in test_images(args.data, category)]
+    reference = [torch_answer(module, path, category) for category, (path, _) in items]
+    rows = {"torch eager fp32": reference}
+    with tempfile.TemporaryDirectory() as tmp:
+        for weights in WEIGHTS:
+            inferencer = GenAUOpenVINOInferencer(export_openvino(module, Path(tmp) / weights, weights=weights))
+            answers = [inferencer.predict(path, category=category) for category, (path, _) in items]
+            rows[f"OpenVINO {weights}"] = [(a.pred_score, a.pred_label, a.anomaly_map, a.defect_type) for a in answers]
+    plain_items = [item for _, item in items]
+    print(f"{len(items)} test images of {', '.join(args.categories)}")
+    print("| backend | image AUROC | pixel AUROC | labels as torch | types as torch | max map diff |")
+    print("|---|---|---|---|---|---|")
+    for name, records in rows.items():
+        values = metrics(records, plain_items)
+        labels = np.mean([r[1] == t[1] for r, t in zip(records, reference, strict=True)])
+        types = np.mean([r[3] == t[3] for r, t in zip(records, reference, strict=True)])
+        map_diff = max(float(np.abs(r[2] - t[2]).max()) for r, t in zip(records, reference, strict=True))
+        print(
+            f"| {name} | {values['image AUROC']:.4f} | {values['pixel AUROC']:.4f} | {labels:.1%} | {types:.1%} | "
+            f"{map_diff:.1e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""OpenVINO export and inference: parity with torch, compression tolerances, sizes and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from anomalib.deploy import CompressionType
+
+from anomalib_genau import prompts
+from anomalib_genau.data.images import BrokenImageError
+from anomalib_genau.data.synthetic import generate_mvtec_dataset
+from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer, export_openvino
+from anomalib_genau.models.genau import GenAU
+from anomalib_genau.taxonomy import product_candidates
+
+SIZES = [(112, 112), (112, 224)]
+# Documented tolerances against torch fp32 (README, "OpenVINO deployment").
+F32_TOLERANCE, BF16_TOLERANCE, INT8_TOLERANCE = 1e-3, 5e-2, 5e-2
+
+
+@pytest.fixture(scope="module")
+def trained_module(tiny_backbone: Path) -> GenAU:
+    """A GenAU module as training leaves it: non-zero LoRA, token deltas, calibration and thresholds."""
+    torch.manual_seed(0)
+    module = GenAU(backbone=str(tiny_backbone)).eval()
+    with torch.no_grad():
+        for name, parameter in module.model.named_parameters():
+            if "lora_B" in name or "trainable_tokens_delta" in name:
+                parameter.normal_(0, 0.05)
+    module.model.calibration.estimate(torch.rand(16), torch.randn(16))
+    post = module.post_processor
+    for name, value in {"image_min": 0.2, "image_max": 0.8, "_image_threshold": 0.45}.items():
+        getattr(post, name).fill_(value)
+    for name, value in {"pixel_min": 0.1, "pixel_max": 0.9, "_pixel_threshold": 0.5}.items():
+        getattr(post, name).fill_(value)
+    return module
+
+
+@pytest.fixture(scope="module")
+def f32_export(trained_module: GenAU, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_openvino(trained_module, tmp_path_factory.mktemp("ov") / "f32", SIZES).parent
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = generate_mvtec_dataset(
+        tmp_path_factory.mktemp("ovdata"), seed=5, n_train=1, n_test_good=1, n_test_per_defect=1, image_size=224
+    )
+    return sorted((root / "carpet" / "test").rglob("*.png"))[:3]
+
+
+def torch_reference(module: GenAU, image: torch.Tensor, size: tuple[int, int], category: str) -> dict:
+    """What the torch module computes for an image resized to ``size``, prompted for ``category``."""
+    from torchvision.transforms.v2.functional import resize
+
+    pixels = resize(image, list(size), antialias=True).clamp(0, 1)[None]
+    name = category.replace("_", " ")
+    with torch.no_grad():
+        inspection = module.model.inspect(pixels, [prompts.instruction(name)])
+        batch = module.post_processor(inspection.batch)
+        candidates = product_candidates("mvtec_ad", category)
+        types = module.model.predict_types(pixels, [prompts.type_instruction(name, candidates)], [candidates])
+    return {
+        "score": float(batch.pred_score[0]),
+        "label": bool(batch.pred_label[0]),
+        "map": batch.anomaly_map[0, 0].numpy(),
+        "mask": batch.pred_mask[0, 0].numpy(),
+        "type": ", ".join(types.types[0]),
+        "answer": inspection.answers[0],
+    }
+
+
+def test_export_files_and_manifest(f32_export: Path) -> None:
+    manifest = json.loads((f32_export / "genau.json").read_text())
+    assert manifest["sizes"] == [list(size) for size in SIZES]
+    assert manifest["score"]["fused"] is True
+    expected = {
+        "vision_tower",
+        "embeddings",
+        "language_model",
+        *(f"{g}_{h}x{w}" for g in ("image_tokens", "readout") for h, w in SIZES),
+    }
+    assert set(manifest["files"]) == expected
+    for name in expected:
+        assert (f32_export / f"{name}.bin").stat().st_size > 0
+    assert (f32_export / "processor" / "tokenizer.json").is_file()
+
+
+def test_f32_matches_torch_on_every_size(trained_module: GenAU, f32_export: Path, images: list[Path]) -> None:
+    """Maps and scores within 1e-3, same labels, masks, defect types and answers, for both exported sizes."""
+    from anomalib_genau.data.images import read_rgb
+
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    for path, crop in zip(images, [None, (100, 210), (60, 60)], strict=False):
+        image = read_rgb(path)
+        image = image if crop is None else image[:, : crop[0], : crop[1]]
+        prediction = inferencer.predict(image, category="carpet")
+        size = (112, 224) if crop == (100, 210) else (112, 112)
+        assert prediction.input_size == size
+        reference = torch_reference(trained_module, image, size, "carpet")
+        assert prediction.anomaly_map.shape == size
+        assert np.abs(prediction.anomaly_map - reference["map"]).max() < F32_TOLERANCE
+        assert abs(prediction.pred_score - reference["score"]) < F32_TOLERANCE
+        assert prediction.pred_label == reference["label"]
+        near_threshold = np.abs(reference["map"] - 0.5) < F32_TOLERANCE
+        assert (prediction.pred_mask == reference["mask"])[~near_threshold].all()
+        assert prediction.defect_type == reference["type"]
+        assert prediction.explanation == reference["answer"]
+
+
+def test_bf16_within_documented_tolerance(trained_module: GenAU, f32_export: Path, images: list[Path]) -> None:
+    from anomalib_genau.data.images import read_rgb
+
+    inferencer = GenAUOpenVINOInferencer(f32_export, precision="bf16")
+    image = read_rgb(images[0])
+    prediction = inferencer.predict(image, category="carpet")
+    reference = torch_reference(trained_module, image, (112, 112), "carpet")
+    assert np.abs(prediction.anomaly_map - reference["map"]).max() < BF16_TOLERANCE
+    assert abs(prediction.pred_score - reference["score"]) < BF16_TOLERANCE
+
+
+def test_int8_through_anomalib_export(
+    trained_module: GenAU, f32_export: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """``to_openvino`` (what ``anomalib export`` calls) with INT8: half the IR, outputs within tolerance."""
+    from anomalib_genau.data.images import read_rgb
+
+    manifest = trained_module.to_openvino(tmp_path, compression_type=CompressionType.INT8)
+    assert manifest == tmp_path / "weights" / "openvino" / "genau.json"
+    assert json.loads(manifest.read_text())["weights"] == "int8"
+    int8_bytes = sum(p.stat().st_size for p in manifest.parent.glob("*.bin"))
+    f32_bytes = sum(p.stat().st_size for p in f32_export.glob("*.bin") if "224" not in p.name)
+    assert int8_bytes < 0.5 * f32_bytes
+    image = read_rgb(images[1])
+    prediction = GenAUOpenVINOInferencer(manifest).predict(image, category="carpet")
+    reference = torch_reference(trained_module, image, (112, 112), "carpet")
+    assert np.abs(prediction.anomaly_map - reference["map"]).max() < INT8_TOLERANCE
+    assert abs(prediction.pred_score - reference["score"]) < INT8_TOLERANCE
+
+
+def test_export_refuses_what_it_cannot_do(trained_module: GenAU, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="weight compression only"):
+        trained_module.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ)
+    with pytest.raises(NotImplementedError, match="openvino"):
+        trained_module.to_onnx(tmp_path)
+    with pytest.raises(ValueError, match="Unknown weight format"):
+        export_openvino(trained_module, tmp_path, weights="int3")
+    with pytest.raises(ValueError, match="at least one patch"):
+        export_openvino(trained_module, tmp_path, [(4, 112)])
+
+
+def test_bad_images_get_errors_that_name_them(f32_export: Path, tmp_path: Path) -> None:
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not an image")
+    with pytest.raises(BrokenImageError, match=r"notes\.png"):
+        inferencer.predict(text_file)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        inferencer.predict(np.zeros((64, 64, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="smaller than one 8-pixel patch"):
+        inferencer.predict(np.zeros((5, 64, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        inferencer.predict(np.zeros((64, 64), dtype=np.uint8), category="carpet", dataset="Kolektor")
+    gray = inferencer.predict(np.full((64, 80), 128, dtype=np.uint8), category="widget")  # unknown product: no type
+    assert gray.defect_type == ""
+    assert gray.anomaly_map.shape == (112, 112)
+
+
+def test_broken_or_mixed_exports_are_refused(f32_export: Path, tmp_path: Path) -> None:
+    missing = shutil.copytree(f32_export, tmp_path / "missing")
+    (missing / "language_model.bin").unlink()
+    with pytest.raises(ExportError, match=r"missing language_model\.bin"):
+        GenAUOpenVINOInferencer(missing)
+    corrupt = shutil.copytree(f32_export, tmp_path / "corrupt")
+    (corrupt / "vision_tower.xml").write_text("<net><broken")
+    with pytest.raises(ExportError, match=r"vision_tower\.xml"):
+        GenAUOpenVINOInferencer(corrupt)
+    with pytest.raises(ExportError, match=r"genau\.json is missing"):
+        GenAUOpenVINOInferencer(tmp_path)
+    mixed = shutil.copytree(f32_export, tmp_path / "mixed")
+    manifest = json.loads((mixed / "genau.json").read_text())
+    manifest["config_id"] = "0123456789abcdef"
+    (mixed / "genau.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="configuration 0123456789abcdef"):
+        GenAUOpenVINOInferencer(mixed)
+    with pytest.raises(ExportError, match=r"lora_rank=8.*expects lora_rank=16"):
+        GenAUOpenVINOInferencer(f32_export, expected_configuration={"lora_rank": 16})
+
+
+def test_export_refuses_a_model_without_thresholds(tiny_backbone: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no image threshold"):
+        export_openvino(GenAU(backbone=str(tiny_backbone)), tmp_path)
