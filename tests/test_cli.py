@@ -110,7 +110,8 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     inferred = _run(str(BIN / "anomalib-genau"), "infer", str(export), str(images), "--masks", "masks", cwd=tmp_path)
     deployed = {record["image_path"]: record for record in map(json.loads, inferred.stdout.strip().splitlines())}
     assert set(deployed) == {record["image_path"] for record in records}
-    for record in records:  # the OpenVINO f32 export answers as the torch model did in `anomalib predict`
-        assert abs(deployed[record["image_path"]]["pred_score"] - record["pred_score"]) < 1e-3
-        assert deployed[record["image_path"]]["pred_label"] == record["pred_label"]
-        assert Path(tmp_path, deployed[record["image_path"]]["mask_path"]).is_file()
+    for record in deployed.values():  # parity with torch is tested image by image in test_openvino.py
+        assert 0.0 <= record["pred_score"] <= 1.0
+        assert isinstance(record["pred_label"], bool)
+        assert record["input_size"] == [224, 224]  # the pre-processor's size of genau_tiny.yaml
+        assert Path(tmp_path, record["mask_path"]).is_file()
