@@ -7,6 +7,11 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# the model of configs/genau_tiny.yaml, for the commands that take no config
+TINY_MODEL_ARGS = (
+    *("--model", "GenAU", "--model.backbone", "./backbones/genau-tiny"),
+    *("--model.lora_rank", "32", "--model.lora_alpha", "64"),
+)
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -61,14 +66,7 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     predicted = _run(
         str(BIN / "anomalib"),
         "predict",
-        "--model",
-        "GenAU",
-        "--model.backbone",
-        "./backbones/genau-tiny",
-        "--model.lora_rank",
-        "32",
-        "--model.lora_alpha",
-        "64",
+        *TINY_MODEL_ARGS,
         "--ckpt_path",
         str(checkpoint),
         "--data",
@@ -89,14 +87,7 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     _run(
         str(BIN / "anomalib"),
         "export",
-        "--model",
-        "GenAU",
-        "--model.backbone",
-        "./backbones/genau-tiny",
-        "--model.lora_rank",
-        "32",
-        "--model.lora_alpha",
-        "64",
+        *TINY_MODEL_ARGS,
         "--export_type",
         "openvino",
         "--ckpt_path",
