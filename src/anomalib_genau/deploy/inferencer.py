@@ -36,7 +36,7 @@ from .export import MANIFEST, RT_INFO_KEY, size_name
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"f32": "f32", "bf16": "bf16"}
+PRECISIONS = ("f32", "bf16")  # OpenVINO INFERENCE_PRECISION_HINT values
 
 
 class ExportError(ValueError):
@@ -106,7 +106,7 @@ class GenAUOpenVINOInferencer:
         if expected_configuration is not None:
             self._check_configuration(expected_configuration)
         self.device = device
-        self.config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         files = self.manifest["files"]
         self.vision_tower = self._load(files["vision_tower"])
         self.embeddings = self._load(files["embeddings"])
