@@ -5,7 +5,7 @@ import torch
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from anomalib_genau.backbone import load_backbone
-from anomalib_genau.models.genau.anyres import reassemble_tiles, tile_layout
+from anomalib_genau.models.genau.anyres import distinct_views, reassemble_tiles, tile_layout
 
 TILE, GRID = 112, 14
 PINPOINTS = [[TILE * r, TILE * c] for r in range(1, 4) for c in range(1, 4)]
@@ -60,3 +60,15 @@ def test_every_pinpoint_grid_is_reachable_and_consistent_with_the_processor(tiny
 def test_wrong_tile_count_is_refused() -> None:
     with pytest.raises(ValueError, match="Expected 1 x 2 tiles"):
         reassemble_tiles(torch.zeros(3, GRID * GRID, 4), (100, 200), PINPOINTS, TILE)
+
+
+def test_distinct_views_drop_only_tiles_equal_to_their_global_view() -> None:
+    torch.manual_seed(0)
+    square = torch.rand(1, 3, 4, 4).expand(2, -1, -1, -1)  # 1 x 1 grid: the tile is the global view
+    wide = torch.rand(3, 3, 4, 4)  # 1 x 2 grid: three different views
+    views = torch.cat([square, wide, wide[[0, 0, 1]]])  # third image: one tile equals its global view
+    distinct, inverse = distinct_views(views, [2, 3, 3])
+    # only a tile equal to its own image's global view is dropped (wide[1] is kept twice)
+    assert inverse.tolist() == [0, 0, 1, 2, 3, 4, 4, 5]
+    assert len(distinct) == 6
+    assert torch.equal(distinct[inverse], views)

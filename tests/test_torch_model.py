@@ -217,3 +217,29 @@ def test_a_batch_of_mixed_sizes_equals_the_images_one_by_one(torch_model: GenAUM
         assert together.batch.anomaly_map[index, :, :, width:].abs().sum() == 0
         assert float(together.batch.pred_score[index]) == pytest.approx(float(alone.batch.pred_score[0]), abs=1e-5)
         assert together.answers[index] == alone.answers[0]
+
+
+def test_vision_features_equal_transformers_image_features_with_fewer_tower_views(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    torch.manual_seed(4)
+    images = [torch.rand(3, 112, 112), torch.rand(3, 112, 224)]  # 1 x 1 grid (its tile is the global view), 1 x 2
+    encoded = model.encode(images, None)
+    tower_views = []
+    model.llava.model.vision_tower.register_forward_hook(lambda _, args, __: tower_views.append(len(args[0])))
+    with torch.no_grad():
+        vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        reference = model.llava.model.get_image_features(
+            encoded["pixel_values"], encoded["image_sizes"], output_hidden_states=True, return_dict=True
+        )
+    assert tower_views == [4, 5]  # 2 + 3 views, the square image's tile run once
+    for tokens, expected in zip(vision.encoder_output.pooler_output, reference.pooler_output, strict=True):
+        assert tokens.shape == expected.shape
+        assert torch.allclose(tokens, expected, atol=1e-5)
+    global_stages, tile_stages = model.split_views(
+        [reference.hidden_states[layer] for layer in model.vision_layers], encoded["image_sizes"]
+    )
+    for stage, expected in zip(vision.global_stages, global_stages, strict=True):
+        assert torch.allclose(stage, expected, atol=1e-5)
+    assert torch.allclose(vision.tile_stages[0][0], global_stages[0][:1], atol=1e-5)
+    for stage, expected in zip(vision.tile_stages[1], tile_stages[1], strict=True):
+        assert torch.allclose(stage, expected, atol=1e-5)

@@ -141,7 +141,13 @@ def test_test_step_fills_types_and_reasoning_and_the_map(tiny_backbone: Path, mi
     datamodule.setup()
     batch: GenAUBatch = next(iter(datamodule.test_dataloader()))
     batch = batch.update(image=model.pre_processor.transform(batch.image))
+    tower_calls = []
+    model.model.llava.model.vision_tower.register_forward_hook(lambda *_: tower_calls.append(1))
     output = model.test_step(batch, 0)
+    assert len(tower_calls) == 1  # the binary, type and reasoning questions share one vision pass
+    candidates = [names.split(", ") for names in batch.type_candidates]
+    unshared = model.model.predict_types(batch.image, batch.type_instruction, candidates, "likelihood")
+    assert output.pred_defect_type == [", ".join(types) for types in unshared.types]
     assert output.pred_types.shape == output.gt_types.shape == (3, output.gt_types.shape[1])
     assert (output.pred_types.sum(dim=1) == 1).all()  # likelihood: exactly one option
     assert all(" Describe the defect. " in text for text in output.explanation)

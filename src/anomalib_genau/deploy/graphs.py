@@ -38,10 +38,8 @@ class VisionTowerGraph(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer LLaVA-OneVision feeds its projector and the readout's stages."""
-        llava = self.model.llava
-        hidden = llava.model.vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
-        stages = torch.stack([hidden[layer] for layer in self.model.vision_layers])
-        return hidden[llava.config.vision_feature_layer], stages
+        llm_features, stages = self.model.tower(pixel_values)
+        return llm_features, torch.stack(stages)
 
 
 class ImageTokensGraph(nn.Module):
@@ -58,17 +56,7 @@ class ImageTokensGraph(nn.Module):
 
     def forward(self, llm_features: torch.Tensor) -> torch.Tensor:
         """Project, unpad the tile grid, add the newline tokens, prepend the global view."""
-        llava = self.model.llava
-        if llava.config.vision_feature_select_strategy == "default":
-            llm_features = llm_features[:, 1:]
-        projected = llava.model.multi_modal_projector(llm_features)
-        packed, _ = llava.model.pack_image_features(
-            [projected],
-            [self.image_size],
-            image_newline=llava.model.image_newline,
-            vision_aspect_ratio=llava.config.vision_aspect_ratio,
-        )
-        return torch.cat(list(packed)) if isinstance(packed, list | tuple) else packed
+        return self.model.image_tokens(llm_features, [self.image_size])[0]
 
 
 class EmbeddingGraph(nn.Module):

@@ -27,6 +27,7 @@ from transformers import LlavaOnevisionProcessor
 from anomalib_genau import prompts
 from anomalib_genau.data.images import read_rgb
 from anomalib_genau.data.sources import DATASET_SOURCES
+from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_decode
 from anomalib_genau.models.genau.lightning_model import plain_value
 from anomalib_genau.parsing import parse_defect_types
@@ -231,7 +232,10 @@ class GenAUOpenVINOInferencer:
         size = tuple(pixels.shape[-2:])
         name = object_name(category) if category else self.manifest["default_object"]
         encoded = self._encode(pixels, prompts.instruction(name))
-        llm_features, stage_features = self.vision_tower([encoded["pixel_values"][0].numpy()]).to_tuple()
+        views = encoded["pixel_values"][0]
+        distinct, inverse = distinct_views(views, [len(views)])
+        llm_features, stage_features = self.vision_tower([distinct.numpy()]).to_tuple()
+        llm_features, stage_features = llm_features[inverse.numpy()], stage_features[:, inverse.numpy()]
         image_embeds = self.image_tokens[size]([llm_features])[0]
         decoded = self._decode(encoded["input_ids"], image_embeds)
         answer = self._text(decoded)

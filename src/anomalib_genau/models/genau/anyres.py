@@ -51,3 +51,35 @@ def reassemble_tiles(
     grid = grid.permute(4, 0, 2, 1, 3).reshape(channels, rows * side, cols * side)
     grid = unpad_image(grid, (int(image_size[0]), int(image_size[1])))
     return grid.permute(1, 2, 0)
+
+
+def distinct_views(views: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the AnyRes tiles that equal their image's global view.
+
+    An image already at the tile size gets a 1 x 1 grid whose one tile is the global view
+    again, pixel for pixel; the vision tower need see it only once.
+
+    Args:
+        views: ``(sum P_i, 3, s, s)``: each image's ``P_i`` views, global view first.
+        counts: ``P_i`` per image.
+
+    Returns:
+        The distinct views ``(U, 3, s, s)`` and ``(sum P_i,)`` indices into them that give
+        back every view.
+
+    """
+    keep: list[int] = []
+    inverse: list[int] = []
+    start = 0
+    for count in counts:
+        global_slot = len(keep)
+        keep.append(start)
+        inverse.append(global_slot)
+        for index in range(start + 1, start + count):
+            if torch.equal(views[index], views[start]):
+                inverse.append(global_slot)
+            else:
+                inverse.append(len(keep))
+                keep.append(index)
+        start += count
+    return views[keep], torch.tensor(inverse, device=views.device)

@@ -46,7 +46,7 @@ from anomalib_genau.report import CategoryReport
 
 from .loss import GenAULoss
 from .metrics import WeightedF1, WeightedPrecision, WeightedRecall
-from .torch_model import GenAUModel
+from .torch_model import GenAUModel, VisionFeatures
 from .visualizer import GenAUVisualizer
 
 logger = logging.getLogger(__name__)
@@ -239,12 +239,12 @@ class GenAU(AnomalibModule):
         inspection = self.model.inspect(batch.image, getattr(batch, "instruction", None))
         fields = {**inspection.batch._asdict(), "explanation": inspection.answers}
         if self.defect_type_mode is not None and getattr(batch, "type_candidates", None) is not None:
-            fields.update(self._predict_types(batch))
+            fields.update(self._predict_types(batch, inspection.vision))
         if self.reasoning_questions:
-            fields["explanation"] = self._with_reasoning(batch.image, fields["explanation"])
+            fields["explanation"] = self._with_reasoning(batch.image, fields["explanation"], inspection.vision)
         return batch.update(**fields)
 
-    def _predict_types(self, batch: Batch) -> dict[str, Any]:
+    def _predict_types(self, batch: Batch, vision: VisionFeatures) -> dict[str, Any]:
         """``pred_types`` (multi-hot) and ``pred_defect_type`` from the multi-type question.
 
         Raises:
@@ -256,17 +256,19 @@ class GenAU(AnomalibModule):
             if not names:
                 msg = f"No candidate defect types for category '{category}': set defect_type_mode=None for it."
                 raise ValueError(msg)
-        prediction = self.model.predict_types(batch.image, batch.type_instruction, candidates, self.defect_type_mode)
+        prediction = self.model.predict_types(
+            batch.image, batch.type_instruction, candidates, self.defect_type_mode, vision
+        )
         self.type_outcomes.update(prediction.outcomes)
         return {
             "pred_types": torch.stack([type_labels(types) for types in prediction.types]).to(batch.image.device),
             "pred_defect_type": [", ".join(types) for types in prediction.types],
         }
 
-    def _with_reasoning(self, images: torch.Tensor, answers: list[str]) -> list[str]:
+    def _with_reasoning(self, images: torch.Tensor, answers: list[str], vision: VisionFeatures) -> list[str]:
         """Append the answer to each reasoning question: ``"<answer> <question> <reply> ..."``."""
         for question in self.reasoning_questions:
-            replies = self.model.decode(images, [question] * len(answers), self.max_reasoning_tokens)[3]
+            replies = self.model.decode(images, [question] * len(answers), self.max_reasoning_tokens, vision)[3]
             answers = [f"{answer} {question} {reply}" for answer, reply in zip(answers, replies, strict=True)]
         return answers
 

@@ -15,13 +15,14 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 from transformers import LlavaOnevisionForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from anomalib_genau import prompts
 from anomalib_genau.backbone import load_backbone
 from anomalib_genau.parsing import parse_defect_types
 
-from .anyres import reassemble_tiles
+from .anyres import distinct_views, reassemble_tiles
 from .calibration import ScoreCalibration
 from .decoding import DecodeResult, anchor_states, decode_with_anchors, option_log_likelihoods
 from .readout import AnchorReadout, anomaly_map, pad_maps
@@ -72,6 +73,8 @@ class Inspection:
         map_max: ``(B,)`` maximum of the anomaly map (the visual score).
         log_odds: ``(B,)`` decoder log-odds of a defect answer against a normal one.
 
+        vision: The vision pass, for further questions on the same images.
+
     """
 
     batch: InferenceBatch
@@ -79,6 +82,7 @@ class Inspection:
     forced: torch.Tensor
     map_max: torch.Tensor
     log_odds: torch.Tensor
+    vision: VisionFeatures
 
 
 @dataclass
@@ -259,21 +263,71 @@ class GenAUModel(nn.Module):
         device = self.readout.projections[0].weight.device
         return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
 
-    def vision_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> VisionFeatures:
-        """Run the vision tower once, for the decoder's image tokens and for the readout."""
+    def view_counts(self, image_sizes: torch.Tensor | Sequence[Sequence[int]]) -> list[int]:
+        """Views per image (global view plus AnyRes tiles) for ``(B, 2)`` sizes ``(H, W)``."""
+        config = self.llava.config
+        return [
+            image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
+            for size in _size_list(image_sizes)
+        ]
+
+    def tower(self, views: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """SigLIP on ``(P, 3, s, s)`` views: the layer the projector takes ``(P, N, C)`` and the ``S`` stages."""
         llava = self.llava
+        hidden = llava.model.vision_tower(views, output_hidden_states=True, return_dict=True).hidden_states
+        feature_layer = llava.config.vision_feature_layer
+        if isinstance(feature_layer, int):
+            llm_features = hidden[feature_layer]
+        else:
+            llm_features = torch.cat([hidden[layer] for layer in feature_layer], dim=-1)
+        return llm_features, [hidden[layer] for layer in self.vision_layers]
+
+    def image_tokens(
+        self, llm_features: torch.Tensor, image_sizes: torch.Tensor | Sequence[Sequence[int]]
+    ) -> list[torch.Tensor]:
+        """Project the views' features and pack each image's AnyRes grid: per image ``(T_i, D)`` tokens.
+
+        The tail of transformers' ``get_image_features``, which cannot take precomputed tower
+        features (``vision_features`` runs the tower on distinct views only).
+        """
+        llava = self.llava
+        if llava.config.vision_feature_select_strategy == "default":
+            llm_features = llm_features[:, 1:]
+        projected = llava.model.multi_modal_projector(llm_features)
+        packed, _ = llava.model.pack_image_features(
+            torch.split(projected, self.view_counts(image_sizes)),
+            _size_list(image_sizes),
+            image_newline=llava.model.image_newline,
+            vision_aspect_ratio=llava.config.vision_aspect_ratio,
+        )
+        return list(packed)
+
+    def vision_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> VisionFeatures:
+        """Run the vision tower once per distinct view, for the decoder's image tokens and for the readout.
+
+        Args:
+            pixel_values: ``(B, P, 3, s, s)`` views from the processor (zero-padded to the most views).
+            image_sizes: ``(B, 2)`` sizes ``(H, W)`` given to the processor.
+
+        """
+        llava = self.llava
+        counts = self.view_counts(image_sizes)
+        views = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, counts, strict=True)])
+        distinct, inverse = distinct_views(views, counts)
         frozen = not any(
             p.requires_grad
             for module in (llava.model.vision_tower, llava.model.multi_modal_projector)
             for p in module.parameters()
         )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            encoded = llava.model.get_image_features(
-                pixel_values.to(llava.dtype), image_sizes, output_hidden_states=True, return_dict=True
-            )
-        layers = [encoded.hidden_states[layer] for layer in self.vision_layers]
-        global_stages, tile_stages = self.split_views(layers, image_sizes)
-        return VisionFeatures(encoder_output=encoded, global_stages=global_stages, tile_stages=tile_stages)
+            llm_features, stages = self.tower(distinct.to(llava.dtype))
+            image_tokens = self.image_tokens(llm_features[inverse], image_sizes)
+        global_stages, tile_stages = self.split_views([stage[inverse] for stage in stages], image_sizes)
+        return VisionFeatures(
+            encoder_output=BaseModelOutputWithPooling(pooler_output=image_tokens),
+            global_stages=global_stages,
+            tile_stages=tile_stages,
+        )
 
     def split_views(
         self, stages: Sequence[torch.Tensor], image_sizes: torch.Tensor | Sequence[Sequence[int]]
@@ -288,11 +342,7 @@ class GenAUModel(nn.Module):
             Per stage the global views ``(B, h*w, C)``; per image, per stage its tiles ``(P_i - 1, h*w, C)``.
 
         """
-        config = self.llava.config
-        counts = [
-            image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
-            for size in _size_list(image_sizes)
-        ]
+        counts = self.view_counts(image_sizes)
         starts = [sum(counts[:i]) for i in range(len(counts))]
         global_stages = [stage[starts] for stage in stages]
         tile_stages = [
@@ -415,10 +465,15 @@ class GenAUModel(nn.Module):
         images: torch.Tensor | Sequence[torch.Tensor],
         instructions: Sequence[str] | None,
         max_new_tokens: int | None = None,
+        vision: VisionFeatures | None = None,
     ) -> tuple[dict[str, torch.Tensor], VisionFeatures, DecodeResult, list[str]]:
-        """Encode, run the vision tower once, decode greedily; returns those and the answer texts."""
+        """Encode, run the vision tower once, decode greedily; returns those and the answer texts.
+
+        ``vision``: an earlier pass on the same images (another question), reused instead of
+        running the tower again.
+        """
         encoded = self.encode(images, instructions)
-        vision = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        vision = vision or self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
         decoded = decode_with_anchors(
             self.llava,
             self.prefill_inputs(encoded, vision),
@@ -479,7 +534,9 @@ class GenAUModel(nn.Module):
         map_max = maps.flatten(1).amax(dim=1)
         log_odds = self.decision_log_odds(decoded.first_logits)
         batch = InferenceBatch(pred_score=self.image_score(map_max, log_odds), anomaly_map=maps)
-        return Inspection(batch=batch, answers=answers, forced=decoded.forced, map_max=map_max, log_odds=log_odds)
+        return Inspection(
+            batch=batch, answers=answers, forced=decoded.forced, map_max=map_max, log_odds=log_odds, vision=vision
+        )
 
     @torch.no_grad()
     def predict_types(
@@ -488,6 +545,7 @@ class GenAUModel(nn.Module):
         type_instructions: Sequence[str],
         candidates: Sequence[Sequence[str]],
         mode: str = "generate",
+        vision: VisionFeatures | None = None,
     ) -> TypePrediction:
         """Answer the product-conditioned multi-type question (paper 4.4).
 
@@ -498,17 +556,18 @@ class GenAUModel(nn.Module):
             mode: ``"generate"``: greedy answer mapped by the deterministic parser;
                 ``"likelihood"``: the option (``normal`` or a candidate) whose answer text has
                 the highest sequence log-likelihood, with no free generation.
+            vision: The binary question's vision pass on the same images, reused.
 
         """
         if mode == "generate":
-            answers = self.decode(images, type_instructions)[3]
+            answers = self.decode(images, type_instructions, vision=vision)[3]
             parsed = [parse_defect_types(text, names) for text, names in zip(answers, candidates, strict=True)]
             return TypePrediction([p.types for p in parsed], [p.outcome for p in parsed], answers)
         if mode != "likelihood":
             msg = f"Unknown defect type mode '{mode}'; use 'generate' or 'likelihood'."
             raise ValueError(msg)
         encoded = self.encode(images, type_instructions)
-        vision = self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        vision = vision or self.vision_features(encoded["pixel_values"], encoded["image_sizes"])
         options = [[[], *([name] for name in names)] for names in candidates]
         option_ids = [
             [
