@@ -7,7 +7,7 @@ The export folder holds::
     image_tokens_HxW.xml/.bin  projector and AnyRes packing, per exported size
     readout_HxW.xml/.bin       map, calibrated score and post-processing, per exported size
     embeddings.xml/.bin        token embeddings
-    language_model.xml/.bin    the decoder, KV cache as inputs and outputs
+    language_model.xml/.bin    the decoder, its KV cache kept in OpenVINO states
     processor/                 the LLaVA-OneVision processor (tokenizer, image processor)
 
 LoRA and the new-token rows are merged into the weights before tracing and unmerged after.
@@ -26,9 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 import torch
 from anomalib.post_processing import PostProcessor
+from openvino.passes import MakeStateful, Manager
 from torch.export import Dim
 
 from .graphs import DecoderGraph, EmbeddingGraph, ImageTokensGraph, ReadoutGraph, VisionTowerGraph
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "genau.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder keeps its KV cache in OpenVINO states
 # Weight formats of the export: f32, fp16 storage, NNCF INT8 (all graphs but the readout), NNCF
 # INT4 (the decoder and embeddings; the vision graphs INT8).
 WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4")
@@ -160,7 +163,6 @@ def build_manifest(module: GenAU, sizes: Sequence[tuple[int, int]], weights: str
 
     model = module.model
     config = model.llava.config
-    text = config.text_config
     configuration = {
         "backbone": str(module.hparams.backbone),
         "backbone_fingerprint": model.backbone_fingerprint,
@@ -185,11 +187,6 @@ def build_manifest(module: GenAU, sizes: Sequence[tuple[int, int]], weights: str
         "tile_size": model.tile_size,
         "patch_size": config.vision_config.patch_size,
         "image_grid_pinpoints": config.image_grid_pinpoints,
-        "decoder": {
-            "layers": text.num_hidden_layers,
-            "kv_heads": text.num_key_value_heads,
-            "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
-        },
         "tokens": {
             "seg_ids": list(model.seg_ids),
             "answer_ids": list(model.answer_ids),
@@ -237,27 +234,56 @@ def trace_graphs(module: GenAU, sizes: Sequence[tuple[int, int]], fused_score: b
     return graphs
 
 
+def cache_names(layers: int, prefix: str) -> list[str]:
+    """``prefix.0.key``, ``prefix.0.value``, ``prefix.1.key``...: the decoder's KV-cache inputs or outputs."""
+    return [f"{prefix}.{layer}.{kind}" for layer in range(layers) for kind in ("key", "value")]
+
+
 def _convert_decoder(model: torch.nn.Module, embeds: torch.Tensor) -> ov.Model:
-    """The decoder graph, traced with a batch of 2 and a non-empty past so no dimension is specialised."""
+    """The stateful decoder graph, traced with a batch of 2 and a non-empty past so no dimension is specialised."""
     text = model.llava.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    length, past = 3, 2
+    layers, length, past = text.num_hidden_layers, 3, 2
     embeds = embeds[:, :length].expand(2, -1, -1).contiguous()
-    keys = torch.zeros(text.num_hidden_layers, 2, text.num_key_value_heads, past, head_dim)
-    values = torch.zeros_like(keys)  # a distinct tensor: torch.export would alias one tensor passed twice
+    # distinct tensors: torch.export would alias one tensor passed twice
+    caches = [torch.zeros(2, text.num_key_value_heads, past, head_dim) for _ in range(2 * layers)]
     auto = Dim.AUTO
-    return _name_outputs(
-        _convert(
-            DecoderGraph(model),
-            (
-                embeds,
-                torch.ones(2, past + length, dtype=torch.long),
-                torch.arange(past, past + length).expand(2, -1),
-                keys,
-                values,
-            ),
-            ["inputs_embeds", "attention_mask", "position_ids", "past_keys", "past_values"],
-            ({0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}, {1: auto, 3: auto}, {1: auto, 3: auto}),
+    graph = _convert(
+        DecoderGraph(model),
+        (
+            embeds,
+            torch.ones(2, past + length, dtype=torch.long),
+            torch.arange(past, past + length).expand(2, -1),
+            torch.arange(2),
+            caches,
         ),
-        ["logits", "hidden", "present_keys", "present_values"],
+        ["inputs_embeds", "attention_mask", "position_ids", "beam_idx", *cache_names(layers, "past")],
+        ({0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto}, [{0: auto, 2: auto}] * len(caches)),
     )
+    _name_outputs(graph, ["logits", "hidden", *cache_names(layers, "present")])
+    return make_stateful(graph, layers, text.num_key_value_heads, head_dim)
+
+
+def make_stateful(graph: ov.Model, layers: int, kv_heads: int, head_dim: int) -> ov.Model:
+    """Keep the KV cache inside OpenVINO: each ``past``/``present`` pair becomes one state.
+
+    Every ``reset_state`` starts the states as ``(B, kv_heads, 0, head_dim)``, ``B`` read from
+    ``inputs_embeds``: the transformation alone leaves their shape unknown, which the CPU plugin
+    cannot start from.
+    """
+    passes = Manager()
+    passes.register_pass(
+        MakeStateful(dict(zip(cache_names(layers, "past"), cache_names(layers, "present"), strict=True)))
+    )
+    passes.run_passes(graph)
+    batch = ops.gather(
+        ops.shape_of(graph.input("inputs_embeds"), output_type="i64"),
+        ops.constant([0], dtype=np.int64),
+        ops.constant(0, dtype=np.int64),
+    )
+    empty = ops.concat([batch, ops.constant([kv_heads, 0, head_dim], dtype=np.int64)], axis=0)
+    for node in graph.get_ops():
+        if node.get_type_name() == "ReadValue":
+            node.set_arguments([ops.broadcast(ops.constant(0.0, dtype=node.get_output_element_type(0)), empty)])
+    graph.validate_nodes_and_infer_types()
+    return graph

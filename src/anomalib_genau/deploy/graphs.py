@@ -89,9 +89,15 @@ class DecoderGraph(nn.Module):
     """One cached decoder pass: the prefill (empty past) or a decoding step.
 
     Inputs: ``inputs_embeds (B, L, D)``, ``attention_mask (B, T + L)``, ``position_ids (B, L)``,
-    ``past_keys`` and ``past_values`` ``(layers, B, kv_heads, T, head_dim)``.
+    ``beam_idx (B,)`` (the past row each row continues: ``arange(B)`` for greedy decoding) and
+    ``past``: per layer its keys, then its values, ``(B, kv_heads, T, head_dim)``.
     Outputs: ``logits (B, V)`` and ``hidden (B, D)`` (final layer, after the norm) of the last
-    position, and ``present_keys``/``present_values`` ``(layers, B, kv_heads, T + L, head_dim)``.
+    position, then per layer the present keys and values ``(B, kv_heads, T + L, head_dim)``.
+
+    The export turns each past/present pair into an OpenVINO state. Reading the past through
+    ``beam_idx`` is the pattern with which OpenVINO's CPU plugin fuses the state, the cache
+    concatenation and the attention into one kernel over its own cache (without the gather,
+    the attention is left unfused).
     """
 
     def __init__(self, model: GenAUModel) -> None:
@@ -103,15 +109,15 @@ class DecoderGraph(nn.Module):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
-        past_keys: torch.Tensor,
-        past_values: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        beam_idx: torch.Tensor,
+        past: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
         """Run the decoder over the new positions against the past keys and values."""
         llava = self.model.llava
         cache = DynamicCache()
-        cache.layers = [_ExportedCacheLayer() for _ in range(past_keys.shape[0])]
-        for layer, (keys, values) in enumerate(zip(past_keys, past_values, strict=True)):
-            cache.update(keys, values, layer)
+        cache.layers = [_ExportedCacheLayer() for _ in range(len(past) // 2)]
+        for layer in range(len(past) // 2):
+            cache.update(past[2 * layer][beam_idx], past[2 * layer + 1][beam_idx], layer)
         output = llava.model.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -120,9 +126,8 @@ class DecoderGraph(nn.Module):
             use_cache=True,
         )
         hidden = output.last_hidden_state[:, -1]
-        keys = torch.stack([layer.keys for layer in cache.layers])
-        values = torch.stack([layer.values for layer in cache.layers])
-        return llava.lm_head(hidden), hidden, keys, values
+        present = [states for layer in cache.layers for states in (layer.keys, layer.values)]
+        return llava.lm_head(hidden), hidden, *present
 
 
 class ReadoutGraph(nn.Module):
