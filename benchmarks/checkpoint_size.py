@@ -19,18 +19,16 @@ from pathlib import Path
 import torch
 
 from anomalib_genau import GenAU
-from anomalib_genau.backbone import QWEN2_0_5B, TINY, build_random_backbone
-
-SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
+from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="qwen2-0.5b")
+    parser.add_argument("--size", choices=sorted(BACKBONE_SIZES), default="qwen2-0.5b")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         start = time.perf_counter()
-        backbone = build_random_backbone(Path(directory) / "backbone", SIZES[args.size])
+        backbone = build_random_backbone(Path(directory) / "backbone", BACKBONE_SIZES[args.size])
         built = time.perf_counter() - start
         model = GenAU(backbone=str(backbone))
         state = model.state_dict()

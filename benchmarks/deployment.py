@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-from anomalib_genau.backbone import QWEN2_0_5B, TINY, build_random_backbone
+from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from timing import median_seconds
 
-SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
 # backend name -> (export weights, inference precision)
 BACKENDS = {"OpenVINO f32": ("f32", "f32"), "OpenVINO bf16": ("fp16", "bf16"), "OpenVINO INT8": ("int8", "bf16")}
 INT4 = {"OpenVINO INT4": ("int4", "bf16")}
@@ -110,7 +109,7 @@ def folder_mib(path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--size", choices=sorted(BACKBONE_SIZES), default="tiny")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per backend (default: 5 tiny, 2 real)")
     parser.add_argument("--int4", action="store_true", help="also export and time INT4 decoder weights")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -126,7 +125,7 @@ def main() -> None:
 
     from anomalib_genau.deploy import export_openvino
 
-    size = SIZES[args.size]
+    size = BACKBONE_SIZES[args.size]
     repeats = args.repeats or (5 if args.size == "tiny" else 2)
     torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:

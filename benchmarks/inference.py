@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from anomalib_genau.backbone import QWEN2_0_5B, TINY, build_random_backbone
+from anomalib_genau import prompts
+from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
+from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.decoding import decode_with_anchors
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.prompts import instruction
 from timing import median_seconds
-
-SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
@@ -51,7 +51,8 @@ def image_flops(model: GenAUModel, encoded: dict[str, torch.Tensor], answer_toke
     """FLOPs of one image's inference: vision tower over its views, prefill and decoding."""
     llava = model.llava
     vision_config, text_config = llava.config.vision_config, llava.config.text_config
-    views = int((encoded["pixel_values"][0].flatten(1).abs().sum(dim=1) > 0).sum())
+    count = model.view_counts(encoded["image_sizes"])[0]
+    views = len(distinct_views(encoded["pixel_values"][0][:count], [count])[0])  # the views the tower runs on
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
     vision = views * transformer_flops(
         linear_parameters(llava.model.vision_tower),
@@ -71,26 +72,39 @@ def image_flops(model: GenAUModel, encoded: dict[str, torch.Tensor], answer_toke
     return vision + projector + prefill + head + answer_tokens * per_token
 
 
+def short_answer_tokens(model: GenAUModel) -> int:
+    """Tokens of GenAU's short defect answer ("Yes, hole." and the two segmentation tokens).
+
+    What a trained model decodes; a random model never emits the segmentation tokens, so the
+    benchmarks give it this budget to decode the same number of tokens.
+    """
+    return len(model.tokenizer(prompts.response("carpet", ["hole"]), add_special_tokens=False)["input_ids"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--size", choices=sorted(BACKBONE_SIZES), default="tiny")
     parser.add_argument("--image-size", type=int, default=None, help="default: the backbone's tile size")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 1,2,4,8 (tiny) or 1")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="decoding budget (default: the short answer's length)"
+    )
     args = parser.parse_args()
-    size = SIZES[args.size]
+    size = BACKBONE_SIZES[args.size]
     image_size = args.image_size or size.image_size
     batch_sizes = [int(b) for b in (args.batch_sizes or ("1,2,4,8" if args.size == "tiny" else "1")).split(",")]
     repeats = args.repeats or (5 if args.size == "tiny" else 1)
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
-        model = GenAUModel(
-            str(build_random_backbone(Path(directory) / "backbone", size)), max_new_tokens=args.max_new_tokens
-        )
+        model = GenAUModel(str(build_random_backbone(Path(directory) / "backbone", size)))
     model.eval()
-    print(f"GenAU {args.size}, {image_size}px, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    model.max_new_tokens = args.max_new_tokens or short_answer_tokens(model)
+    print(
+        f"GenAU {args.size}, {image_size}px, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"decoding budget {model.max_new_tokens} tokens"
+    )
 
     throughput = {}
     for batch in batch_sizes:
@@ -114,7 +128,7 @@ def main() -> None:
 
     def prefill_and_decode() -> object:
         return decode_with_anchors(
-            model.llava, prefill_inputs, model.seg_ids, model.banned_ids, model.pad_id, args.max_new_tokens
+            model.llava, prefill_inputs, model.seg_ids, model.banned_ids, model.pad_id, model.max_new_tokens
         )
 
     prefill_seconds = median_seconds(prefill, repeats)

@@ -15,6 +15,7 @@ from anomalib_genau import prompts
 from anomalib_genau.data.images import BrokenImageError
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
 from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer, export_openvino
+from anomalib_genau.deploy.inferencer import shared_prefix_length
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.taxonomy import product_candidates
 
@@ -91,6 +92,20 @@ def test_export_files_and_manifest(f32_export: Path) -> None:
     assert (f32_export / "processor" / "tokenizer.json").is_file()
 
 
+def test_decoder_keeps_its_cache_in_fused_states(trained_module: GenAU, f32_export: Path) -> None:
+    """No KV-cache inputs or outputs; the CPU plugin fuses each layer's state with its attention."""
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    decoder = inferencer.language_model
+    assert {port.any_name for port in decoder.inputs} == {"inputs_embeds", "attention_mask", "position_ids", "beam_idx"}
+    assert {port.any_name for port in decoder.outputs} == {"logits", "hidden"}
+    layers = trained_module.model.llava.config.text_config.num_hidden_layers
+    assert len(inferencer.decoder_request.query_state()) == 2 * layers
+    runtime = [op.get_rt_info()["layerType"].astype(str) for op in decoder.get_runtime_model().get_ordered_ops()]
+    # fused: one attention node per layer reading the cache, no separate softmax or attention matmuls
+    assert runtime.count("ScaledDotProductAttention") == layers
+    assert "Softmax" not in runtime and "MatMul" not in runtime
+
+
 def test_f32_matches_torch_on_every_size(trained_module: GenAU, f32_export: Path, images: list[Path]) -> None:
     """Maps and scores within 1e-3, same labels, masks, defect types and answers, for both exported sizes."""
     from anomalib_genau.data.images import read_rgb
@@ -111,6 +126,25 @@ def test_f32_matches_torch_on_every_size(trained_module: GenAU, f32_export: Path
         assert (prediction.pred_mask == reference["mask"])[~near_threshold].all()
         assert prediction.defect_type == reference["type"]
         assert prediction.explanation == reference["answer"]
+
+
+def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: list[Path]) -> None:
+    """The type question continues the binary one's cached prefix and answers as if prefilled alone."""
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    pixels = inferencer.prepare(images[0])
+    questions = [prompts.instruction("carpet"), prompts.type_instruction("carpet", ["hole", "cut", "color"])]
+    prompt_ids = [inferencer.encode(pixels, question)["input_ids"] for question in questions]
+    shared = shared_prefix_length(prompt_ids)
+    image_tokens = int((prompt_ids[0] == inferencer.manifest["tokens"]["image_token_id"]).sum())
+    assert image_tokens < shared < min(ids.shape[1] for ids in prompt_ids)
+    views = inferencer.encode(pixels, questions[0])["pixel_values"][0].numpy()
+    image_embeds = inferencer.image_tokens[(112, 112)]([inferencer.vision_tower([views])[0]])[0]
+    together = inferencer._decode(prompt_ids, image_embeds)
+    alone = [inferencer._decode([ids], image_embeds)[0] for ids in prompt_ids]
+    for shared_result, alone_result in zip(together, alone, strict=True):
+        assert torch.equal(shared_result.tokens, alone_result.tokens)
+        assert torch.allclose(shared_result.anchors, alone_result.anchors, atol=1e-4)
+        assert torch.allclose(shared_result.first_logits, alone_result.first_logits, atol=1e-4)
 
 
 def test_bf16_within_documented_tolerance(trained_module: GenAU, f32_export: Path, images: list[Path]) -> None:
@@ -190,6 +224,12 @@ def test_broken_or_mixed_exports_are_refused(f32_export: Path, tmp_path: Path) -
         GenAUOpenVINOInferencer(mixed)
     with pytest.raises(ExportError, match=r"lora_rank=8.*expects lora_rank=16"):
         GenAUOpenVINOInferencer(f32_export, expected_configuration={"lora_rank": 16})
+    older = shutil.copytree(f32_export, tmp_path / "older")
+    manifest = json.loads((older / "genau.json").read_text())
+    manifest["format"] = 1  # its decoder took the KV cache as inputs
+    (older / "genau.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match=r"format 1, this anomalib-genau reads format 2: export the checkpoint again"):
+        GenAUOpenVINOInferencer(older)
 
 
 def test_export_refuses_a_model_without_thresholds(tiny_backbone: Path, tmp_path: Path) -> None:

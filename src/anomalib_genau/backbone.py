@@ -162,6 +162,8 @@ TINY = BackboneSize(112, 8, 64, 128, 6, 2, 128, 256, 2, 4, 2, 3, None, 128**-0.5
 # The architecture of llava-hf/llava-onevision-qwen2-0.5b-ov-hf (SigLIP-so400m with 26 layers,
 # Qwen2-0.5B), for size and speed measurements with random weights.
 QWEN2_0_5B = BackboneSize(384, 14, 1152, 4304, 26, 16, 896, 4864, 24, 14, 2, 6, 151936, 0.02)
+# The sizes the benchmarks take by name (``--size``).
+BACKBONE_SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
 
 
 def build_tiny_backbone(directory: str | Path, seed: int = 0) -> Path:

@@ -243,32 +243,33 @@ class GenAUOpenVINOInferencer:
         pixels = self.prepare(image)
         size = tuple(pixels.shape[-2:])
         name = object_name(category) if category else self.manifest["default_object"]
-        encoded = self._encode(pixels, prompts.instruction(name))
+        candidates = self.candidates(category, dataset)
+        questions = [prompts.instruction(name)]
+        if candidates:
+            questions.append(prompts.type_instruction(name, candidates))
+        encoded = self.encode(pixels, questions[0])
         views = encoded["pixel_values"][0]
         distinct, inverse = distinct_views(views, [len(views)])
         llm_features, stage_features = self.vision_tower([distinct.numpy()]).to_tuple()
         llm_features, stage_features = llm_features[inverse.numpy()], stage_features[:, inverse.numpy()]
         image_embeds = self.image_tokens[size]([llm_features])[0]
-        decoded = self._decode(encoded["input_ids"], image_embeds)
-        answer = self._text(decoded)
+        prompt_ids = [encoded["input_ids"], *(self.encode(pixels, q)["input_ids"] for q in questions[1:])]
+        decoded, *type_decoded = self._decode(prompt_ids, image_embeds)
         normal_id, defect_id = self.manifest["tokens"]["answer_ids"]
         log_probs = decoded.first_logits.log_softmax(dim=-1)
         log_odds = (log_probs[:, defect_id] - log_probs[:, normal_id]).numpy()
         outputs = self.readouts[size]([stage_features, decoded.anchors.numpy(), log_odds])
         result = OpenVINOInferencer.post_process(outputs)
-        defect_type, explanation = "", answer
-        candidates = self.candidates(category, dataset)
+        defect_type = ""
         if candidates:
-            type_input = self._encode(pixels, prompts.type_instruction(name, candidates))["input_ids"]
-            type_answer = self._text(self._decode(type_input, image_embeds))
-            defect_type = ", ".join(parse_defect_types(type_answer, candidates).types)
+            defect_type = ", ".join(parse_defect_types(self._text(type_decoded[0]), candidates).types)
         return GenAUPrediction(
             pred_score=float(result["pred_score"].reshape(-1)[0]),
             pred_label=bool(result["pred_label"].reshape(-1)[0]),
             anomaly_map=result["anomaly_map"].reshape(size),
             pred_mask=result["pred_mask"].reshape(size).astype(bool),
             defect_type=defect_type,
-            explanation=explanation,
+            explanation=self._text(decoded),
             input_size=size,
         )
 
@@ -291,7 +292,8 @@ class GenAUOpenVINOInferencer:
             self.warned_categories.add(category)
         return candidates
 
-    def _encode(self, pixels: torch.Tensor, instruction: str) -> dict[str, torch.Tensor]:
+    def encode(self, pixels: torch.Tensor, instruction: str) -> dict[str, torch.Tensor]:
+        """The processor's ``input_ids (1, L)`` and ``pixel_values (1, P, 3, s, s)`` for an image and a question."""
         chat = self.processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}],
             add_generation_prompt=True,
@@ -299,8 +301,53 @@ class GenAUOpenVINOInferencer:
         )
         return self.processor(images=[pixels], text=[chat], return_tensors="pt", do_rescale=False)
 
-    def _decode(self, input_ids: torch.Tensor, image_embeds: np.ndarray) -> DecodeResult:
-        """Prefill the prompt with the image tokens in place, then decode with the shared greedy loop."""
+    def _decode(self, prompt_ids: list[torch.Tensor], image_embeds: np.ndarray) -> list[DecodeResult]:
+        """Answer each prompt (``(1, L_i)`` ids) about one image with the shared greedy loop.
+
+        Several prompts share their beginning (the system turn and the image's tokens): it is
+        prefilled once, its KV cache read out of the decoder's states and put back before each
+        prompt's own tokens.
+        """
+        request = self.decoder_request
+        request.reset_state()  # an empty KV cache
+        embeds = [self._embed(ids, image_embeds) for ids in prompt_ids]
+        shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 else 0
+        if shared:
+            self._infer(embeds[0][:, :shared], np.ones((1, shared), dtype=np.int64), np.arange(shared)[None])
+            prefix = [state.state.data.copy() for state in request.query_state()]
+        tokens = self.manifest["tokens"]
+        results = []
+        for ids, prompt_embeds in zip(prompt_ids, embeds, strict=True):
+            if shared:
+                for state, saved in zip(request.query_state(), prefix, strict=True):
+                    state.state = ov.Tensor(saved)
+            length = ids.shape[1]
+            logits, _ = self._infer(
+                prompt_embeds[:, shared:], np.ones((1, length), dtype=np.int64), np.arange(shared, length)[None]
+            )
+            results.append(
+                greedy_anchor_decode(
+                    logits,
+                    self._step,
+                    torch.ones(1, length, dtype=torch.long),
+                    torch.tensor([length - 1]),
+                    self.seg_ids,
+                    tokens["banned_ids"],
+                    tokens["pad_id"],
+                    self.manifest["max_new_tokens"],
+                )
+            )
+        return results
+
+    def _step(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoding step of the greedy loop: feed ``ids (1,)`` at ``position (1,)``."""
+        fed = self.embeddings([ids[:, None].numpy()])[0]
+        return self._infer(fed, attention_mask.numpy(), position[:, None].numpy())
+
+    def _embed(self, input_ids: torch.Tensor, image_embeds: np.ndarray) -> np.ndarray:
+        """``(1, L, D)`` prompt embeddings with the image's features at its image tokens."""
         embeds = self.embeddings([input_ids.numpy()])[0]
         image_positions = input_ids[0].numpy() == self.manifest["tokens"]["image_token_id"]
         if int(image_positions.sum()) != image_embeds.shape[0]:
@@ -309,41 +356,29 @@ class GenAUOpenVINOInferencer:
             )
             raise ExportError(msg)
         embeds[0, image_positions] = image_embeds
-        request, beam_idx = self.decoder_request, np.zeros(1, dtype=np.int64)
-        request.reset_state()  # an empty KV cache
-        length = input_ids.shape[1]
-        outputs = request.infer(
+        return embeds
+
+    def _infer(
+        self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder pass on the cache in the states: ``logits (1, V)`` and ``hidden (1, D)``."""
+        outputs = self.decoder_request.infer(
             {
                 "inputs_embeds": embeds,
-                "attention_mask": np.ones((1, length), dtype=np.int64),
-                "position_ids": np.arange(length)[None],
-                "beam_idx": beam_idx,
+                "attention_mask": attention_mask,
+                "position_ids": position_ids,
+                "beam_idx": np.zeros(1, dtype=np.int64),
             }
         )
-
-        def step(ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            fed = self.embeddings([ids[:, None].numpy()])[0]
-            outputs = request.infer(
-                {
-                    "inputs_embeds": fed,
-                    "attention_mask": attention_mask.numpy(),
-                    "position_ids": position[:, None].numpy(),
-                    "beam_idx": beam_idx,
-                }
-            )
-            return torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["hidden"])
-
-        tokens = self.manifest["tokens"]
-        return greedy_anchor_decode(
-            torch.from_numpy(outputs["logits"]),
-            step,
-            torch.ones(1, length, dtype=torch.long),
-            torch.tensor([length - 1]),
-            self.seg_ids,
-            tokens["banned_ids"],
-            tokens["pad_id"],
-            self.manifest["max_new_tokens"],
-        )
+        return torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["hidden"])
 
     def _text(self, decoded: DecodeResult) -> str:
         return self.processor.tokenizer.decode(decoded.answer_tokens[0], skip_special_tokens=True).strip()
+
+
+def shared_prefix_length(prompt_ids: list[torch.Tensor]) -> int:
+    """Leading tokens that all ``(1, L_i)`` prompts share, leaving each at least one token of its own."""
+    shortest = min(ids.shape[1] for ids in prompt_ids)
+    first = prompt_ids[0][0, :shortest]
+    same = torch.stack([ids[0, :shortest] == first for ids in prompt_ids]).all(dim=0)
+    return min(int(same.long().cumprod(dim=0).sum()), shortest - 1)
