@@ -4,13 +4,20 @@
     python benchmarks/deployment.py --size qwen2-0.5b     # real-size random weights, 384 px
 
 Prints figures and ratios only; nothing is asserted. One image through the whole answer
-(vision, prefill, greedy decoding of the short answer, readout, post-processing) per call:
+(vision, prefill, greedy decoding of the short answer, readout, post-processing) per call.
+The decoding budget is the short answer's length (``--max-new-tokens`` sets another): the random
+model never stops by itself, a trained one stops there.
+
 
 - latency per image (median) of torch eager fp32 and of the OpenVINO export run as f32
   (f32 weights, f32 inference), bf16 (fp16 weights, bf16 inference) and INT8 (NNCF INT8
   weights, bf16 inference), and INT4 (NNCF INT4 decoder weights, bf16 inference);
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
-- the largest map and score differences from torch, and whether label and answer agree.
+- the largest map and score differences from torch, and whether label and answer agree;
+- per OpenVINO backend its vision tower and prefill alone, what decoding and the readout add
+  relative to the prefill, and the FLOPs per image (counted from the configuration) per second
+  as a fraction of this machine's measured matmul peak in that precision (the better of torch
+  and OpenVINO on large matrix products).
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
+from anomalib_genau.models.genau.anyres import distinct_views
+from inference import image_flops, matmul_peak, short_answer_tokens
 from timing import median_seconds
 
 # backend name -> (export weights, inference precision)
@@ -39,12 +50,16 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def build_module(backbone: Path) -> torch.nn.Module:
-    """A GenAU module as training leaves it: calibrated score, post-processing thresholds set."""
+def build_module(backbone: Path, max_new_tokens: int | None) -> torch.nn.Module:
+    """A GenAU module as training leaves it: calibrated score, post-processing thresholds set.
+
+    ``max_new_tokens=None``: the length of the short answer (see ``inference.short_answer_tokens``).
+    """
     from anomalib_genau.models.genau import GenAU
 
     torch.manual_seed(0)
     module = GenAU(backbone=str(backbone)).eval()
+    module.model.max_new_tokens = max_new_tokens or short_answer_tokens(module.model)
     module.model.calibration.estimate(torch.rand(16), torch.randn(16))
     post = module.post_processor
     for name, value in {"image_min": 0.0, "image_max": 1.0, "_image_threshold": 0.5}.items():
@@ -54,9 +69,9 @@ def build_module(backbone: Path) -> torch.nn.Module:
     return module
 
 
-def torch_worker(backbone: Path, image: Path, repeats: int) -> dict:
+def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int) -> dict:
     """Latency of eager fp32 inference and its outputs (the reference)."""
-    module = build_module(backbone)
+    module = build_module(backbone, max_new_tokens)
     pixels = module.pre_processor.transform(torch.load(image)[None])
 
     def run() -> tuple:
@@ -77,21 +92,109 @@ def torch_worker(backbone: Path, image: Path, repeats: int) -> dict:
 
 
 def openvino_worker(export: Path, precision: str, image: Path, repeats: int) -> dict:
-    """Latency of the OpenVINO inferencer on one image, and its outputs."""
+    """Latency of the OpenVINO inferencer on one image (and of its vision tower and prefill), its outputs."""
     from anomalib_genau.deploy import GenAUOpenVINOInferencer
 
     inferencer = GenAUOpenVINOInferencer(export, precision=precision)
-    pixels = torch.load(image)
+    pixels = inferencer.prepare(torch.load(image))
     seconds = median_seconds(lambda: inferencer.predict(pixels), repeats)
     prediction = inferencer.predict(pixels)
+    encoded = inferencer.encode(pixels, prompts.instruction(inferencer.manifest["default_object"]))
+    views = encoded["pixel_values"][0]
+    distinct = distinct_views(views, [len(views)])[0].numpy()
+    length = encoded["input_ids"].shape[1]
+    prefill = {
+        "inputs_embeds": inferencer.embeddings([encoded["input_ids"].numpy()])[0],
+        "attention_mask": np.ones((1, length), dtype=np.int64),
+        "position_ids": np.arange(length)[None],
+        "beam_idx": np.zeros(1, dtype=np.int64),
+    }
+
+    def run_prefill() -> None:
+        inferencer.decoder_request.reset_state()
+        inferencer.decoder_request.infer(prefill)
+
     return {
         "seconds": seconds,
+        "vision_seconds": median_seconds(lambda: inferencer.vision_tower([distinct]), repeats),
+        "prefill_seconds": median_seconds(run_prefill, repeats),
+        "prefill_tokens": length,
         "peak_gib": peak_rss_gib(),
         "map": prediction.anomaly_map.tolist(),
         "score": prediction.pred_score,
         "label": prediction.pred_label,
         "answer": prediction.explanation,
     }
+
+
+def openvino_matmul_peak(precision: str, n: int = 2048, depth: int = 8) -> float:
+    """FLOP/s of OpenVINO's CPU plugin on a chain of ``depth`` ``n x n`` matrix products."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    node = source = ops.parameter([n, n], np.float32)
+    for _ in range(depth):
+        node = ops.matmul(node, ops.constant(rng.standard_normal((n, n), dtype=np.float32) / n**0.5), False, False)
+    compiled = ov.Core().compile_model(
+        ov.Model([node], [source]), "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    )
+    request, data = compiled.create_infer_request(), rng.standard_normal((n, n), dtype=np.float32)
+    return 2 * depth * n**3 / median_seconds(lambda: request.infer([data]), repeats=9)
+
+
+def peaks() -> dict[str, float]:
+    """The measured matmul peak of this machine per precision: the better of torch and OpenVINO."""
+    return {
+        "f32": max(matmul_peak(torch.float32), openvino_matmul_peak("f32")),
+        "bf16": max(matmul_peak(torch.bfloat16), openvino_matmul_peak("bf16")),
+    }
+
+
+def print_table(rows: list[tuple]) -> None:
+    """Latency, memory, size and agreement with torch per backend (the first row is torch)."""
+    reference = rows[0][1]
+    reference_map = torch.tensor(reference["map"])
+    print()
+    print(
+        "| backend | s / image | x torch eager | peak GiB | IR MiB | export s | max map diff | score diff | label |",
+        end="",
+    )
+    print(" answer |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, record, mib, exported in rows:
+        map_diff = float((torch.tensor(record["map"]) - reference_map).abs().max())
+        print(
+            f"| {name} | {record['seconds']:.3f} | {reference['seconds'] / record['seconds']:.2f} | "
+            f"{record['peak_gib']:.2f} | {'-' if mib is None else f'{mib:.1f}'} | "
+            f"{'-' if exported is None else f'{exported:.0f}'} | {map_diff:.2e} | "
+            f"{abs(record['score'] - reference['score']):.2e} | "
+            f"{'same' if record['label'] == reference['label'] else 'differs'} | "
+            f"{'same' if record['answer'] == reference['answer'] else 'differs'} |"
+        )
+
+
+def print_profile(rows: list[tuple], flops: float, decoded_tokens: int) -> None:
+    """Per backend: vision, prefill, what decoding adds to the prefill, FLOP/s against the peak."""
+    peak = peaks()
+    print()
+    print(
+        f"FLOPs per image {flops / 1e9:.0f} GFLOP (vision on distinct views, prefill, {decoded_tokens} decoded "
+        f"tokens); measured matmul peak f32 {peak['f32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s"
+    )
+    print("| backend | vision s | prefill s | decoding + readout s | decoding / prefill | GFLOP/s | of its peak |")
+    print("|---|---|---|---|---|---|---|")
+    for name, record, _, _ in rows:
+        achieved = flops / record["seconds"]
+        of_peak = achieved / peak["f32" if name in {"torch eager fp32", "OpenVINO f32"} else "bf16"]
+        stages = "- | - | - | -"
+        if "prefill_seconds" in record:
+            rest = record["seconds"] - record["vision_seconds"] - record["prefill_seconds"]
+            stages = (
+                f"{record['vision_seconds']:.2f} | {record['prefill_seconds']:.2f} ({record['prefill_tokens']} "
+                f"tokens) | {rest:.2f} | {rest / record['prefill_seconds']:.0%}"
+            )
+        print(f"| {name} | {stages} | {achieved / 1e9:.0f} | {of_peak:.0%} |")
 
 
 def in_subprocess(*args: str) -> dict:
@@ -111,13 +214,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(BACKBONE_SIZES), default="tiny")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per backend (default: 5 tiny, 2 real)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="decoding budget (default: the short answer's length)"
+    )
     parser.add_argument("--int4", action="store_true", help="also export and time INT4 decoder weights")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
         if kind == "torch":
-            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]))
+            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
         else:
             record = openvino_worker(Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]))
         print(json.dumps(record))
@@ -135,9 +241,11 @@ def main() -> None:
         torch.manual_seed(1)
         torch.save(torch.rand(3, size.image_size, size.image_size), image)
         print(f"GenAU {args.size}, one {size.image_size}x{size.image_size} image, {torch.get_num_threads()} threads")
-        reference = in_subprocess("torch", str(backbone), str(image), str(repeats))
+        module = build_module(backbone, args.max_new_tokens)
+        tokens = module.model.max_new_tokens
+        print(f"decoding budget: {tokens} tokens")
+        reference = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens))
         rows = [("torch eager fp32", reference, None, None)]
-        module = build_module(backbone)
         backends = {**BACKENDS, **(INT4 if args.int4 else {})}
         for name, (weights, precision) in backends.items():
             start = time.perf_counter()
@@ -146,25 +254,12 @@ def main() -> None:
             record = in_subprocess("openvino", str(manifest.parent), precision, str(image), str(repeats))
             rows.append((name, record, folder_mib(manifest.parent), exported))
         print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
+        # the random model never emits the segmentation tokens: it decodes the whole budget
+        encoded = module.model.encode(torch.rand(1, 3, size.image_size, size.image_size), None)
+        flops = image_flops(module.model, encoded, tokens)
 
-    reference_map = torch.tensor(reference["map"])
-    print()
-    print(
-        "| backend | s / image | x torch eager | peak GiB | IR MiB | export s | max map diff | score diff | label |",
-        end="",
-    )
-    print(" answer |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, record, mib, exported in rows:
-        map_diff = float((torch.tensor(record["map"]) - reference_map).abs().max())
-        print(
-            f"| {name} | {record['seconds']:.3f} | {reference['seconds'] / record['seconds']:.2f} | "
-            f"{record['peak_gib']:.2f} | {'-' if mib is None else f'{mib:.1f}'} | "
-            f"{'-' if exported is None else f'{exported:.0f}'} | {map_diff:.2e} | "
-            f"{abs(record['score'] - reference['score']):.2e} | "
-            f"{'same' if record['label'] == reference['label'] else 'differs'} | "
-            f"{'same' if record['answer'] == reference['answer'] else 'differs'} |"
-        )
+    print_table(rows)
+    print_profile(rows, flops, tokens)
     by_name = {name: (record, mib) for name, record, mib, _ in rows}
     bf16, int8 = by_name["OpenVINO bf16"], by_name["OpenVINO INT8"]
     print()
