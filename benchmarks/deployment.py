@@ -140,7 +140,7 @@ def openvino_matmul_peak(precision: str, n: int = 2048, depth: int = 8) -> float
         ov.Model([node], [source]), "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     )
     request, data = compiled.create_infer_request(), rng.standard_normal((n, n), dtype=np.float32)
-    return 2 * depth * n**3 / median_seconds(lambda: request.infer([data]), repeats=9)
+    return 2 * depth * n**3 / median_seconds(lambda: request.infer([data]), repeats=9, warmup=5)
 
 
 def peaks() -> dict[str, float]:

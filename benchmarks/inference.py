@@ -33,7 +33,7 @@ from timing import median_seconds
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
     """Measured FLOP/s of an ``n x n`` matrix product in ``dtype``."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / median_seconds(lambda: a @ b, repeats=9)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats=9, warmup=20)  # AMX reaches its peak only warm
 
 
 def transformer_flops(linear_params: int, layers: int, width: int, tokens: int, causal: bool) -> float:
