@@ -103,16 +103,11 @@ def openvino_worker(export: Path, precision: str, image: Path, repeats: int) -> 
     views = encoded["pixel_values"][0]
     distinct = distinct_views(views, [len(views)])[0].numpy()
     length = encoded["input_ids"].shape[1]
-    prefill = {
-        "inputs_embeds": inferencer.embeddings([encoded["input_ids"].numpy()])[0],
-        "attention_mask": np.ones((1, length), dtype=np.int64),
-        "position_ids": np.arange(length)[None],
-        "beam_idx": np.zeros(1, dtype=np.int64),
-    }
+    embeds = inferencer.embeddings([encoded["input_ids"].numpy()])[0]
 
     def run_prefill() -> None:
         inferencer.decoder_request.reset_state()
-        inferencer.decoder_request.infer(prefill)
+        inferencer._infer(embeds, np.ones((1, length), dtype=np.int64), np.arange(length)[None])
 
     return {
         "seconds": seconds,

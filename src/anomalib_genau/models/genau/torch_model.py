@@ -72,7 +72,6 @@ class Inspection:
         forced: ``(B,)`` bool, True where the segmentation tokens had to be appended.
         map_max: ``(B,)`` maximum of the anomaly map (the visual score).
         log_odds: ``(B,)`` decoder log-odds of a defect answer against a normal one.
-
         vision: The vision pass, for further questions on the same images.
 
     """
