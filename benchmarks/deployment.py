@@ -14,10 +14,11 @@ model never stops by itself, a trained one stops there.
   weights, bf16 inference), and INT4 (NNCF INT4 decoder weights, bf16 inference);
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
 - the largest map and score differences from torch, and whether label and answer agree;
-- per OpenVINO backend its vision tower and prefill alone, what decoding and the readout add
-  relative to the prefill, and the FLOPs per image (counted from the configuration) per second
-  as a fraction of this machine's measured matmul peak in that precision (the better of torch
-  and OpenVINO on large matrix products).
+- per backend, within the same timed calls: the vision tower, the prefill (decoder passes over
+  the prompt), the decoding steps (one decoder pass per answer token), their ratio, and the rest
+  (processor, image tokens, readout, post-processing); and the FLOPs per image (counted from
+  the configuration) per second as a fraction of this machine's measured matmul peak in that
+  precision (the better of torch and OpenVINO on large matrix products).
 """
 
 from __future__ import annotations
@@ -34,11 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
-from anomalib_genau.models.genau.anyres import distinct_views
-from inference import image_flops, matmul_peak, short_answer_tokens
-from timing import median_seconds
+from inference import decoder_stage, image_flops, matmul_peak, short_answer_tokens
+from timing import StageClock, median_seconds
 
 # backend name -> (export weights, inference precision)
 BACKENDS = {"OpenVINO f32": ("f32", "f32"), "OpenVINO bf16": ("fp16", "bf16"), "OpenVINO INT8": ("int8", "bf16")}
@@ -70,19 +69,23 @@ def build_module(backbone: Path, max_new_tokens: int | None) -> torch.nn.Module:
 
 
 def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int) -> dict:
-    """Latency of eager fp32 inference and its outputs (the reference)."""
+    """Latency of eager fp32 inference, per stage, and its outputs (the reference)."""
     module = build_module(backbone, max_new_tokens)
     pixels = module.pre_processor.transform(torch.load(image)[None])
+    llava, clock = module.model.llava, StageClock()
+    llava.model.vision_tower.forward = clock.wrap("vision", llava.model.vision_tower.forward)
+    llava.forward = clock.wrap(decoder_stage, llava.forward)
 
     def run() -> tuple:
         with torch.no_grad():
             inspection = module.model.inspect(pixels)
             return module.post_processor(inspection.batch), inspection.answers
 
-    seconds = median_seconds(run, repeats)
+    stages = clock.median_stages(run, repeats)
     batch, answers = run()
     return {
-        "seconds": seconds,
+        "seconds": stages["total"],
+        "stages": stages,
         "peak_gib": peak_rss_gib(),
         "map": batch.anomaly_map[0, 0].tolist(),
         "score": float(batch.pred_score[0]),
@@ -92,28 +95,20 @@ def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int)
 
 
 def openvino_worker(export: Path, precision: str, image: Path, repeats: int) -> dict:
-    """Latency of the OpenVINO inferencer on one image (and of its vision tower and prefill), its outputs."""
+    """Latency of the OpenVINO inferencer on one image, per stage, and its outputs."""
     from anomalib_genau.deploy import GenAUOpenVINOInferencer
 
     inferencer = GenAUOpenVINOInferencer(export, precision=precision)
     pixels = inferencer.prepare(torch.load(image))
-    seconds = median_seconds(lambda: inferencer.predict(pixels), repeats)
+    clock = StageClock()
+    inferencer.vision_tower = clock.wrap("vision", inferencer.vision_tower)
+    inferencer._infer = clock.wrap("prefill", inferencer._infer)  # a decoder pass outside a decoding step
+    inferencer._step = clock.wrap("decoding", inferencer._step)
+    stages = clock.median_stages(lambda: inferencer.predict(pixels), repeats)
     prediction = inferencer.predict(pixels)
-    encoded = inferencer.encode(pixels, prompts.instruction(inferencer.manifest["default_object"]))
-    views = encoded["pixel_values"][0]
-    distinct = distinct_views(views, [len(views)])[0].numpy()
-    length = encoded["input_ids"].shape[1]
-    embeds = inferencer.embeddings([encoded["input_ids"].numpy()])[0]
-
-    def run_prefill() -> None:
-        inferencer.decoder_request.reset_state()
-        inferencer._infer(embeds, np.ones((1, length), dtype=np.int64), np.arange(length)[None])
-
     return {
-        "seconds": seconds,
-        "vision_seconds": median_seconds(lambda: inferencer.vision_tower([distinct]), repeats),
-        "prefill_seconds": median_seconds(run_prefill, repeats),
-        "prefill_tokens": length,
+        "seconds": stages["total"],
+        "stages": stages,
         "peak_gib": peak_rss_gib(),
         "map": prediction.anomaly_map.tolist(),
         "score": prediction.pred_score,
@@ -169,27 +164,28 @@ def print_table(rows: list[tuple]) -> None:
         )
 
 
-def print_profile(rows: list[tuple], flops: float, decoded_tokens: int) -> None:
-    """Per backend: vision, prefill, what decoding adds to the prefill, FLOP/s against the peak."""
+def print_profile(rows: list[tuple], flops: float, prefill_tokens: int, decoded_tokens: int) -> None:
+    """Per backend: its stages (medians over the timed calls), FLOP/s against the matmul peak."""
     peak = peaks()
     print()
     print(
         f"FLOPs per image {flops / 1e9:.0f} GFLOP (vision on distinct views, prefill, {decoded_tokens} decoded "
         f"tokens); measured matmul peak f32 {peak['f32'] / 1e9:.0f}, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s"
     )
-    print("| backend | vision s | prefill s | decoding + readout s | decoding / prefill | GFLOP/s | of its peak |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| backend | vision s | prefill s ({prefill_tokens} tokens) | decoding s ({decoded_tokens} tokens) | "
+        "decoding / prefill | the rest s | GFLOP/s | of its peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, record, _, _ in rows:
+        stages = record["stages"]
+        rest = stages["total"] - stages["vision"] - stages["prefill"] - stages["decoding"]
         achieved = flops / record["seconds"]
         of_peak = achieved / peak["f32" if name in {"torch eager fp32", "OpenVINO f32"} else "bf16"]
-        stages = "- | - | - | -"
-        if "prefill_seconds" in record:
-            rest = record["seconds"] - record["vision_seconds"] - record["prefill_seconds"]
-            stages = (
-                f"{record['vision_seconds']:.2f} | {record['prefill_seconds']:.2f} ({record['prefill_tokens']} "
-                f"tokens) | {rest:.2f} | {rest / record['prefill_seconds']:.0%}"
-            )
-        print(f"| {name} | {stages} | {achieved / 1e9:.0f} | {of_peak:.0%} |")
+        print(
+            f"| {name} | {stages['vision']:.2f} | {stages['prefill']:.2f} | {stages['decoding']:.2f} | "
+            f"{stages['decoding'] / stages['prefill']:.0%} | {rest:.2f} | {achieved / 1e9:.0f} | {of_peak:.0%} |"
+        )
 
 
 def in_subprocess(*args: str) -> dict:
@@ -252,9 +248,10 @@ def main() -> None:
         # the random model never emits the segmentation tokens: it decodes the whole budget
         encoded = module.model.encode(torch.rand(1, 3, size.image_size, size.image_size), None)
         flops = image_flops(module.model, encoded, tokens)
+        prefill_tokens = int(encoded["attention_mask"].sum())
 
     print_table(rows)
-    print_profile(rows, flops, tokens)
+    print_profile(rows, flops, prefill_tokens, tokens)
     by_name = {name: (record, mib) for name, record, mib, _ in rows}
     bf16, int8 = by_name["OpenVINO bf16"], by_name["OpenVINO INT8"]
     print()

@@ -7,7 +7,8 @@ Prints figures and ratios only; nothing is asserted. Measured:
 
 - images per second of ``GenAUModel.inspect`` (prefill, cached greedy decoding of the short
   answer, readout) for each batch size, and the ratio to batch 1;
-- the time of the prefill forward alone, and how much the decoding loop adds to it;
+- within the same calls, the time of the prefill (the decoder's pass over the prompt) and of the
+  decoding steps (one cached pass per answer token), and their ratio;
 - the FLOPs of one image's inference, counted from the configuration (2 FLOPs per weight per
   token for the linear layers, plus attention's ``QK^T`` and ``AV`` products), divided by the
   measured time, as a fraction of this machine's measured fp32 and bf16 matmul peak.
@@ -24,10 +25,9 @@ import torch
 from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.models.genau.anyres import distinct_views
-from anomalib_genau.models.genau.decoding import decode_with_anchors
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.prompts import instruction
-from timing import median_seconds
+from timing import StageClock, median_seconds
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
@@ -70,6 +70,11 @@ def image_flops(model: GenAUModel, encoded: dict[str, torch.Tensor], answer_toke
     head = 2 * llava.lm_head.weight.numel() * (1 + answer_tokens)
     per_token = 2 * linear_parameters(decoder) + 4 * text_config.num_hidden_layers * tokens * text_config.hidden_size
     return vision + projector + prefill + head + answer_tokens * per_token
+
+
+def decoder_stage(*_: object, **kwargs: object) -> str:
+    """A decoder forward given a KV cache is a decoding step; one without, the prefill."""
+    return "decoding" if kwargs.get("past_key_values") is not None else "prefill"
 
 
 def short_answer_tokens(model: GenAUModel) -> int:
@@ -119,25 +124,15 @@ def main() -> None:
 
     image = torch.rand(1, 3, image_size, image_size)
     encoded = model.encode(image, [instruction("carpet")])
-    vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
-    prefill_inputs = model.prefill_inputs(encoded, vision)
-
-    def prefill() -> None:
-        with torch.no_grad():
-            model.llava(**prefill_inputs, use_cache=True, logits_to_keep=1)
-
-    def prefill_and_decode() -> object:
-        return decode_with_anchors(
-            model.llava, prefill_inputs, model.seg_ids, model.banned_ids, model.pad_id, model.max_new_tokens
-        )
-
-    prefill_seconds = median_seconds(prefill, repeats)
-    decode_seconds = median_seconds(prefill_and_decode, repeats)
-    generated = prefill_and_decode().tokens.shape[1]
+    clock = StageClock()
+    model.llava.forward = clock.wrap(decoder_stage, model.llava.forward)
+    stages = clock.median_stages(lambda: model.inspect(image, [instruction("carpet")]), repeats)
+    del model.llava.forward  # the class's own forward again
+    generated = clock.calls["decoding"]
     print(
-        f"prefill ({int(encoded['attention_mask'].sum())} tokens): {prefill_seconds * 1000:.1f} ms; "
-        f"prefill + decoding {generated} tokens: {decode_seconds * 1000:.1f} ms; "
-        f"decoding adds {(decode_seconds - prefill_seconds) / prefill_seconds:.1%} to the prefill"
+        f"prefill ({int(encoded['attention_mask'].sum())} tokens): {stages['prefill'] * 1000:.1f} ms; "
+        f"decoding {generated} tokens: {stages['decoding'] * 1000:.1f} ms, "
+        f"{stages['decoding'] / stages['prefill']:.1%} of the prefill"
     )
 
     flops = image_flops(model, encoded, generated)

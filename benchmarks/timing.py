@@ -17,3 +17,45 @@ def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 1
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class StageClock:
+    """Wall time per stage of a call, accumulated by the callables it wraps.
+
+    A wrapped callable called inside another wrapped one counts to the outer one's stage only
+    (a decoding step's decoder pass is decoding, not prefill).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}  # of the last call
+        self._inside = False
+
+    def wrap(self, stage: str | Callable[..., str], function: Callable) -> Callable:
+        """``function`` timed into ``stage``, or into ``stage(*args, **kwargs)`` when it is a callable."""
+
+        def timed(*args: object, **kwargs: object) -> object:
+            if self._inside:
+                return function(*args, **kwargs)
+            name = stage if isinstance(stage, str) else stage(*args, **kwargs)
+            self._inside, start = True, time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._inside = False
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+                self.calls[name] = self.calls.get(name, 0) + 1
+
+        return timed
+
+    def median_stages(self, function: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
+        """Median seconds per stage, and of the whole call (``"total"``), over ``repeats`` calls after ``warmup``."""
+        for _ in range(warmup):
+            function()
+        records = []
+        for _ in range(repeats):
+            self.seconds, self.calls = {}, {}
+            start = time.perf_counter()
+            function()
+            records.append({**self.seconds, "total": time.perf_counter() - start})
+        return {name: statistics.median(record.get(name, 0.0) for record in records) for name in records[0]}

@@ -87,3 +87,41 @@ def test_decoding_needs_room_for_both_tokens(torch_model: GenAUModel) -> None:
     _, prefill = _prefill(model, torch.rand(1, 3, 112, 112), ["Inspect."])
     with pytest.raises(ValueError, match="at least 2"):
         decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 1)
+
+
+def test_decoding_reads_the_trained_token_rows_merged_and_restores_the_base_rows(torch_model: GenAUModel) -> None:
+    model = torch_model.eval()
+    torch.manual_seed(3)
+    with torch.no_grad():  # trained token rows and LoRA, as after training
+        for name, parameter in model.vlm.named_parameters():
+            if "trainable_tokens_delta" in name or "lora_B" in name:
+                parameter.add_(torch.randn_like(parameter))
+    embeddings = model.llava.get_input_embeddings().token_adapter  # peft's trainable-tokens layer
+    lm_head = model.llava.get_output_embeddings().token_adapter
+    base_rows = embeddings.base_layer.weight.detach().clone()
+    merged_during_steps = []
+    hook = embeddings.register_forward_pre_hook(lambda layer, _: merged_during_steps.append(layer.merged))
+    encoded, prefill = _prefill(model, torch.rand(1, 3, 112, 112), ["Inspect the carpet."])
+    decoded = decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 5)
+    hook.remove()
+    # the prefill and every step ran on the merged rows, and the base rows are back bit for bit
+    assert merged_during_steps == [True] * 6
+    assert not embeddings.merged and not lm_head.merged
+    assert torch.equal(embeddings.base_layer.weight, base_rows)
+    assert lm_head.base_layer.weight.data_ptr() == embeddings.base_layer.weight.data_ptr()  # still tied
+    # an unmerged teacher-forced pass (peft's own forward) reads the same anchors
+    input_ids = torch.cat([encoded["input_ids"], decoded.tokens], dim=1)
+    attention_mask = torch.ones_like(input_ids)
+    with torch.no_grad():
+        output = model.llava(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=model.position_ids(attention_mask),
+            pixel_values=encoded["pixel_values"],
+            image_sizes=encoded["image_sizes"],
+            output_hidden_states=True,
+        )
+    expected = anchor_states(output.hidden_states[-1], input_ids, model.seg_ids)
+    torch.testing.assert_close(decoded.anchors, expected, atol=1e-4, rtol=1e-4)
+    prompt_end = encoded["input_ids"].shape[1] - 1
+    torch.testing.assert_close(decoded.first_logits, output.logits[:, prompt_end], atol=1e-4, rtol=1e-4)

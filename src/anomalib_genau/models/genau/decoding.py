@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
+from .vlm import merged_token_rows
+
 
 @dataclass
 class DecodeResult:
@@ -161,32 +163,33 @@ def decode_with_anchors(
         max_new_tokens: Decoding budget, at least 2.
 
     """
-    output = llava(**prefill, use_cache=True, logits_to_keep=1)
-    cache = output.past_key_values
+    with merged_token_rows(llava):
+        output = llava(**prefill, use_cache=True, logits_to_keep=1)
+        cache = output.past_key_values
 
-    def step(
-        ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        fed = llava(
-            input_ids=ids[:, None],
-            attention_mask=attention_mask,
-            position_ids=position[:, None],
-            past_key_values=cache,
-            use_cache=True,
-            output_hidden_states=True,
+        def step(
+            ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            fed = llava(
+                input_ids=ids[:, None],
+                attention_mask=attention_mask,
+                position_ids=position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+            )
+            return fed.logits[:, -1], fed.hidden_states[-1][:, -1]
+
+        return greedy_anchor_decode(
+            output.logits[:, -1],
+            step,
+            prefill["attention_mask"],
+            prefill["position_ids"][:, -1],
+            seg_ids,
+            banned_ids,
+            pad_id,
+            max_new_tokens,
         )
-        return fed.logits[:, -1], fed.hidden_states[-1][:, -1]
-
-    return greedy_anchor_decode(
-        output.logits[:, -1],
-        step,
-        prefill["attention_mask"],
-        prefill["position_ids"][:, -1],
-        seg_ids,
-        banned_ids,
-        pad_id,
-        max_new_tokens,
-    )
 
 
 def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int, int]) -> torch.Tensor:
@@ -243,32 +246,33 @@ def option_log_likelihoods(
         Per image, ``(K_i,)`` summed log-probabilities of its ``K_i`` options' tokens.
 
     """
-    output = llava(**prefill, use_cache=True, logits_to_keep=1)
-    cache, first = output.past_key_values, output.logits[:, -1].float().log_softmax(dim=-1)
-    batch, device = first.shape[0], first.device
-    end = prefill["position_ids"][:, -1]
-    scores = [torch.zeros(len(image_options), device=device) for image_options in options]
-    for k in range(max(len(image_options) for image_options in options)):
-        sequences = [image_options[k] if k < len(image_options) else [pad_id] for image_options in options]
-        width = max(len(sequence) for sequence in sequences)
-        ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for row, sequence in enumerate(sequences):
-            ids[row, : len(sequence)] = torch.tensor(sequence, device=device)
-            mask[row, : len(sequence)] = 1
-        total = first.gather(1, ids[:, :1]).squeeze(1)
-        if width > 1:
-            following = llava(
-                input_ids=ids[:, :-1],
-                attention_mask=torch.cat([prefill["attention_mask"], mask[:, :-1]], dim=1),
-                position_ids=end[:, None] + 1 + torch.arange(width - 1, device=device),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            log_probs = following.logits.float().log_softmax(dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
-            total = total + (log_probs * mask[:, 1:]).sum(dim=1)
-            cache.crop(-(width - 1))
-        for row, image_options in enumerate(options):
-            if k < len(image_options):
-                scores[row][k] = total[row]
-    return scores
+    with merged_token_rows(llava):
+        output = llava(**prefill, use_cache=True, logits_to_keep=1)
+        cache, first = output.past_key_values, output.logits[:, -1].float().log_softmax(dim=-1)
+        batch, device = first.shape[0], first.device
+        end = prefill["position_ids"][:, -1]
+        scores = [torch.zeros(len(image_options), device=device) for image_options in options]
+        for k in range(max(len(image_options) for image_options in options)):
+            sequences = [image_options[k] if k < len(image_options) else [pad_id] for image_options in options]
+            width = max(len(sequence) for sequence in sequences)
+            ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
+            for row, sequence in enumerate(sequences):
+                ids[row, : len(sequence)] = torch.tensor(sequence, device=device)
+                mask[row, : len(sequence)] = 1
+            total = first.gather(1, ids[:, :1]).squeeze(1)
+            if width > 1:
+                following = llava(
+                    input_ids=ids[:, :-1],
+                    attention_mask=torch.cat([prefill["attention_mask"], mask[:, :-1]], dim=1),
+                    position_ids=end[:, None] + 1 + torch.arange(width - 1, device=device),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                log_probs = following.logits.float().log_softmax(dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
+                total = total + (log_probs * mask[:, 1:]).sum(dim=1)
+                cache.crop(-(width - 1))
+            for row, image_options in enumerate(options):
+                if k < len(image_options):
+                    scores[row][k] = total[row]
+        return scores

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig, PeftModel, TrainableTokensConfig, get_peft_model
+from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from tokenizers import AddedToken
 from transformers import LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerBase
 
@@ -119,3 +122,27 @@ def apply_adapters(
     ):
         module.requires_grad_(trainable)
     return peft_model
+
+
+@contextmanager
+def merged_token_rows(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, the embedding (and LM head) hold the new tokens' trained rows: for no-grad passes.
+
+    Unmerged, peft's trainable tokens copy the whole ``(V, D)`` matrix on every forward to put
+    the trained rows in: with a tied LM head, two copies per decoding step, two thirds of a
+    real-size (Qwen2-0.5B) step. Merged, the layers read their weights directly. Unmerging
+    writes peft's saved original rows back, so the base weights stay bit-identical; gradients
+    would not reach the rows' deltas while merged, hence no-grad passes only.
+    """
+    layers = [
+        layer
+        for layer in model.modules()
+        if isinstance(layer, TrainableTokensLayer) and not layer.merged and not layer.disable_adapters
+    ]
+    for layer in layers:
+        layer.merge()
+    try:
+        yield
+    finally:
+        for layer in reversed(layers):
+            layer.unmerge()
