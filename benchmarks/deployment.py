@@ -188,12 +188,12 @@ def print_profile(
     print("|---|---|---|---|---|---|---|---|")
     for name, record, _, _ in rows:
         stages = record["stages"]
-        rest = stages["total"] - stages["vision"] - stages["prefill"] - stages["decoding"]
         achieved = flops / record["seconds"]
         of_peak = achieved / peak["f32" if name in {"torch eager fp32", "OpenVINO f32"} else "bf16"]
         print(
             f"| {name} | {stages['vision']:.2f} | {stages['prefill']:.2f} | {stages['decoding']:.2f} | "
-            f"{stages['decoding'] / stages['prefill']:.0%} | {rest:.2f} | {achieved / 1e9:.0f} | {of_peak:.0%} |"
+            f"{stages['decoding'] / stages['prefill']:.0%} | {stages['other']:.2f} | {achieved / 1e9:.0f} | "
+            f"{of_peak:.0%} |"
         )
 
 

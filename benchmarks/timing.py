@@ -49,7 +49,10 @@ class StageClock:
         return timed
 
     def median_stages(self, function: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
-        """Median seconds per stage, and of the whole call (``"total"``), over ``repeats`` calls after ``warmup``."""
+        """Median seconds per stage, outside the stages (``"other"``) and of the whole call (``"total"``).
+
+        Medians over ``repeats`` calls after ``warmup`` calls.
+        """
         for _ in range(warmup):
             function()
         records = []
@@ -57,5 +60,6 @@ class StageClock:
             self.seconds, self.calls = {}, {}
             start = time.perf_counter()
             function()
-            records.append({**self.seconds, "total": time.perf_counter() - start})
+            total = time.perf_counter() - start
+            records.append({**self.seconds, "other": total - sum(self.seconds.values()), "total": total})
         return {name: statistics.median(record.get(name, 0.0) for record in records) for name in records[0]}
