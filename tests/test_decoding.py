@@ -42,6 +42,22 @@ def _prefill(model: GenAUModel, images: torch.Tensor, instructions: list[str]) -
     return encoded, model.prefill_inputs(encoded, vision)
 
 
+def _teacher_forced(model: GenAUModel, encoded: dict, tokens: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """One unmerged (peft's own forward) pass over the prompt and ``tokens``: the anchors and the output."""
+    input_ids = torch.cat([encoded["input_ids"], tokens], dim=1)
+    attention_mask = torch.cat([encoded["attention_mask"], torch.ones_like(tokens)], dim=1)
+    with torch.no_grad():
+        output = model.llava(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=model.position_ids(attention_mask),
+            pixel_values=encoded["pixel_values"],
+            image_sizes=encoded["image_sizes"],
+            output_hidden_states=True,
+        )
+    return anchor_states(output.hidden_states[-1], input_ids, model.seg_ids), output
+
+
 def test_cached_decoding_anchors_equal_a_teacher_forced_pass(torch_model: GenAUModel) -> None:
     model = torch_model.eval()
     torch.manual_seed(1)
@@ -55,18 +71,7 @@ def test_cached_decoding_anchors_equal_a_teacher_forced_pass(torch_model: GenAUM
     assert decoded.forced.all()  # the random model never emits [SEG_defect] by itself
     assert decoded.tokens[:, -2:].tolist() == [list(model.seg_ids)] * 2
     # teacher-forced pass over prompt + generated tokens gives the same final-layer anchor states
-    input_ids = torch.cat([encoded["input_ids"], decoded.tokens], dim=1)
-    attention_mask = torch.cat([encoded["attention_mask"], torch.ones_like(decoded.tokens)], dim=1)
-    with torch.no_grad():
-        output = model.llava(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=model.position_ids(attention_mask),
-            pixel_values=encoded["pixel_values"],
-            image_sizes=encoded["image_sizes"],
-            output_hidden_states=True,
-        )
-    expected = anchor_states(output.hidden_states[-1], input_ids, model.seg_ids)
+    expected, _ = _teacher_forced(model, encoded, decoded.tokens)
     torch.testing.assert_close(decoded.anchors, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -109,19 +114,8 @@ def test_decoding_reads_the_trained_token_rows_merged_and_restores_the_base_rows
     assert not embeddings.merged and not lm_head.merged
     assert torch.equal(embeddings.base_layer.weight, base_rows)
     assert lm_head.base_layer.weight.data_ptr() == embeddings.base_layer.weight.data_ptr()  # still tied
-    # an unmerged teacher-forced pass (peft's own forward) reads the same anchors
-    input_ids = torch.cat([encoded["input_ids"], decoded.tokens], dim=1)
-    attention_mask = torch.ones_like(input_ids)
-    with torch.no_grad():
-        output = model.llava(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=model.position_ids(attention_mask),
-            pixel_values=encoded["pixel_values"],
-            image_sizes=encoded["image_sizes"],
-            output_hidden_states=True,
-        )
-    expected = anchor_states(output.hidden_states[-1], input_ids, model.seg_ids)
+    # an unmerged teacher-forced pass reads the same anchors and first logits
+    expected, output = _teacher_forced(model, encoded, decoded.tokens)
     torch.testing.assert_close(decoded.anchors, expected, atol=1e-4, rtol=1e-4)
     prompt_end = encoded["input_ids"].shape[1] - 1
     torch.testing.assert_close(decoded.first_logits, output.logits[:, prompt_end], atol=1e-4, rtol=1e-4)
