@@ -4,8 +4,10 @@
         --data datasets/genau_synthetic/target --categories carpet leather tile
 
 Runs the checkpoint's torch model (fp32, eager) and its OpenVINO export with f32, INT8 and
-INT4 weights over every test image of the MVTec-layout categories, and prints image AUROC,
-pixel AUROC and the agreement of labels and defect types with torch. Nothing is asserted.
+INT4 weights and INT8 post-training quantization (calibrated on ``--calibration-images`` normal
+training images of each category, never on test images) over every test image of the
+MVTec-layout categories, and prints image AUROC, pixel AUROC and the agreement of labels and
+defect types with torch. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from anomalib_genau.deploy import GenAUOpenVINOInferencer, export_openvino
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.taxonomy import object_name, product_candidates
 
-WEIGHTS = ("f32", "int8", "int4")
+WEIGHTS = ("f32", "int8", "int4", "int8_ptq")
 
 
 def test_images(root: Path, category: str) -> list[tuple[Path, Path | None]]:
@@ -40,13 +42,22 @@ def test_images(root: Path, category: str) -> list[tuple[Path, Path | None]]:
 
 
 def torch_answer(module: GenAU, path: Path, category: str) -> tuple[float, bool, np.ndarray, str]:
-    pixels = module.pre_processor.transform(read_rgb(path)[None])
+    pixels = module.pre_processed(read_rgb(path)[None])
     name = object_name(category)
     candidates = product_candidates("mvtec_ad", category)
     with torch.no_grad():
         batch = module.post_processor(module.model.inspect(pixels, [prompts.instruction(name)]).batch)
         types = module.model.predict_types(pixels, [prompts.type_instruction(name, candidates)], [candidates]).types[0]
     return float(batch.pred_score[0]), bool(batch.pred_label[0]), batch.anomaly_map[0, 0].numpy(), ", ".join(types)
+
+
+def calibration_images(module: GenAU, root: Path, categories: list[str], count: int) -> list[tuple]:
+    """The first ``count`` normal training images of each category, pre-processed, with its prompt."""
+    return [
+        (module.pre_processed(read_rgb(path)[None])[0], prompts.instruction(object_name(category)))
+        for category in categories
+        for path in sorted((root / category / "train" / "good").glob("*.png"))[:count]
+    ]
 
 
 def metrics(records: list[tuple[float, bool, np.ndarray, str]], items: list[tuple[Path, Path | None]]) -> dict:
@@ -77,15 +88,18 @@ def main() -> None:
     parser.add_argument("--ckpt-path", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="MVTec-layout root of the test categories")
     parser.add_argument("--categories", nargs="+", required=True)
+    parser.add_argument("--calibration-images", type=int, default=4, help="INT8 PTQ: training images per category")
     args = parser.parse_args()
 
     module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu", weights_only=False).eval()
     items = [(category, item) for category in args.categories for item in test_images(args.data, category)]
     reference = [torch_answer(module, path, category) for category, (path, _) in items]
     rows = {"torch eager fp32": reference}
+    calibration = calibration_images(module, args.data, args.categories, args.calibration_images)
     with tempfile.TemporaryDirectory() as tmp:
         for weights in WEIGHTS:
-            inferencer = GenAUOpenVINOInferencer(export_openvino(module, Path(tmp) / weights, weights=weights))
+            manifest = export_openvino(module, Path(tmp) / weights, weights=weights, calibration=calibration)
+            inferencer = GenAUOpenVINOInferencer(manifest)
             answers = [inferencer.predict(path, category=category) for category, (path, _) in items]
             rows[f"OpenVINO {weights}"] = [(a.pred_score, a.pred_label, a.anomaly_map, a.defect_type) for a in answers]
     plain_items = [item for _, item in items]

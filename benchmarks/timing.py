@@ -51,7 +51,8 @@ class StageClock:
     def median_stages(self, function: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
         """Median seconds per stage, outside the stages (``"other"``) and of the whole call (``"total"``).
 
-        Medians over ``repeats`` calls after ``warmup`` calls.
+        Medians over ``repeats`` calls after ``warmup`` calls; a stage a call did not enter counts
+        0 seconds in it.
         """
         for _ in range(warmup):
             function()
@@ -62,4 +63,5 @@ class StageClock:
             function()
             total = time.perf_counter() - start
             records.append({**self.seconds, "other": total - sum(self.seconds.values()), "total": total})
-        return {name: statistics.median(record.get(name, 0.0) for record in records) for name in records[0]}
+        names = dict.fromkeys(name for record in records for name in record)  # every call's stages, in order
+        return {name: statistics.median(record.get(name, 0.0) for record in records) for name in names}

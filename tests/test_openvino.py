@@ -10,6 +10,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from anomalib.data import MVTecAD
 from anomalib.deploy import CompressionType
 
 from anomalib_genau import prompts
@@ -17,12 +18,13 @@ from anomalib_genau.data.images import BrokenImageError
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
 from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer, export_openvino
 from anomalib_genau.deploy.inferencer import shared_prefix_length
+from anomalib_genau.deploy.quantization import calibration_samples
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.taxonomy import product_candidates
 
 SIZES = [(112, 112), (112, 224)]
 # Documented tolerances against torch fp32 (README, "OpenVINO deployment").
-F32_TOLERANCE, BF16_TOLERANCE, INT8_TOLERANCE = 1e-3, 5e-2, 5e-2
+F32_TOLERANCE, BF16_TOLERANCE, INT8_TOLERANCE, INT8_PTQ_TOLERANCE = 1e-3, 5e-2, 5e-2, 5e-2
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +185,73 @@ def test_int8_through_anomalib_export(
     assert abs(prediction.pred_score - reference["score"]) < INT8_TOLERANCE
 
 
-def test_export_refuses_what_it_cannot_do(trained_module: GenAU, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="weight compression only"):
+def test_calibration_captures_the_inputs_the_inferencer_feeds_the_graphs(
+    trained_module: GenAU, f32_export: Path, images: list[Path]
+) -> None:
+    """INT8 PTQ calibrates on the tower's distinct views and the prefill's embeddings, mask and positions."""
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    fed: dict[str, list] = {"vision": [], "prefill": []}
+    tower, infer = inferencer.vision_tower, inferencer._infer
+    inferencer.vision_tower = lambda inputs: fed["vision"].append(inputs[0]) or tower(inputs)
+    inferencer._infer = lambda *inputs: fed["prefill"].append(inputs) or infer(*inputs)
+    pixels = inferencer.prepare(images[0])
+    inferencer.predict(pixels)  # no category: one question, the default object
+    samples = calibration_samples(trained_module.model, [(pixels, None)])
+    (views,), (prefill,) = samples["vision_tower"], samples["language_model"]
+    assert views.shape == fed["vision"][0].shape
+    assert np.abs(views - fed["vision"][0]).max() < 1e-6
+    embeds, attention_mask, position_ids = fed["prefill"][0]
+    assert prefill["inputs_embeds"].shape == embeds.shape
+    assert np.abs(prefill["inputs_embeds"] - embeds).max() < 1e-5
+    assert np.array_equal(prefill["attention_mask"], attention_mask)
+    assert np.array_equal(prefill["position_ids"], position_ids)
+    assert np.array_equal(prefill["beam_idx"], [0])
+    with pytest.raises(ValueError, match="at least one calibration image"):
+        calibration_samples(trained_module.model, [])
+
+
+def test_int8_ptq_through_anomalib_export_calibrates_on_the_datamodule(
+    trained_module: GenAU, f32_export: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """``anomalib export --compression_type int8_ptq``: INT8 activations in the tower and the decoder, attention
+    left in floating point (fused with the cache), a third of the f32 IR, outputs within tolerance."""
+    from anomalib_genau.data.images import read_rgb
+
+    with pytest.raises(ValueError, match="needs a datamodule"):
         trained_module.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ)
+    datamodule = MVTecAD(root=images[0].parents[3], category="carpet", eval_batch_size=2, num_workers=0)
+    manifest = trained_module.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ, datamodule=datamodule)
+    assert json.loads(manifest.read_text())["weights"] == "int8_ptq"
+    for name, quantized in {"vision_tower": True, "language_model": True, "embeddings": False}.items():
+        graph = ov.Core().read_model(manifest.parent / f"{name}.xml")
+        assert any(node.get_type_name() == "FakeQuantize" for node in graph.get_ops()) == quantized, name
+        attention = [node for node in graph.get_ops() if node.get_type_name() == "ScaledDotProductAttention"]
+        for node in attention:
+            assert all(value.get_node().get_type_name() != "FakeQuantize" for value in node.input_values()), name
+    ptq_bytes = sum(p.stat().st_size for p in manifest.parent.glob("*.bin"))
+    f32_bytes = sum(p.stat().st_size for p in f32_export.glob("*.bin") if "224" not in p.name)
+    assert ptq_bytes < 0.5 * f32_bytes
+    inferencer = GenAUOpenVINOInferencer(manifest)
+    runtime = [
+        op.get_rt_info()["layerType"].astype(str)
+        for op in inferencer.language_model.get_runtime_model().get_ordered_ops()
+    ]
+    assert runtime.count("ScaledDotProductAttention") == trained_module.model.llava.config.text_config.num_hidden_layers
+    for path in images[1:]:
+        image = read_rgb(path)
+        prediction = inferencer.predict(image, category="carpet")
+        reference = torch_reference(trained_module, image, (112, 112), "carpet")
+        assert np.abs(prediction.anomaly_map - reference["map"]).max() < INT8_PTQ_TOLERANCE
+        assert abs(prediction.pred_score - reference["score"]) < INT8_PTQ_TOLERANCE
+        assert prediction.pred_label == reference["label"]
+        assert prediction.defect_type == reference["type"]
+
+
+def test_export_refuses_what_it_cannot_do(trained_module: GenAU, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not 'int8_acq'"):
+        trained_module.to_openvino(tmp_path, compression_type=CompressionType.INT8_ACQ)
+    with pytest.raises(ValueError, match="needs calibration images"):
+        export_openvino(trained_module, tmp_path, weights="int8_ptq")
     with pytest.raises(NotImplementedError, match="openvino"):
         trained_module.to_onnx(tmp_path)
     with pytest.raises(ValueError, match="Unknown weight format"):

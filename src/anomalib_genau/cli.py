@@ -145,13 +145,23 @@ def demo(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    """Export a GenAU checkpoint to OpenVINO IR (f32, fp16, INT8 or INT4 weights)."""
+    """Export a GenAU checkpoint to OpenVINO IR (f32, fp16, INT8 or INT4 weights, or INT8 quantization)."""
+    from anomalib_genau.data.images import read_rgb
     from anomalib_genau.deploy import export_openvino
     from anomalib_genau.models.genau import GenAU
+    from anomalib_genau.prompts import instruction
+    from anomalib_genau.taxonomy import object_name
 
+    if (args.weights == "int8_ptq") != bool(args.calibration_images):
+        raise SystemExit("anomalib-genau export: --calibration-images goes with --weights int8_ptq, and only with it.")
     module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     sizes = [_size(text) for text in args.input_size] if args.input_size else None
-    manifest = export_openvino(module, args.export_root, sizes, args.weights)
+    calibration = None
+    if args.calibration_images:
+        prompt = instruction(object_name(args.category)) if args.category else None
+        paths = _image_paths(args.calibration_images)[: args.calibration_count]
+        calibration = [(module.pre_processed(read_rgb(path)[None])[0], prompt) for path in paths]
+    manifest = export_openvino(module, args.export_root, sizes, args.weights, calibration)
     files = sorted(p for p in manifest.parent.rglob("*") if p.is_file())
     for path in files:
         print(f"{path.stat().st_size:>12,d}  {path.relative_to(manifest.parent)}")
@@ -168,6 +178,11 @@ def _size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _image_paths(items: Sequence[Path]) -> list[Path]:
+    """Image files, with each folder replaced by the ``*.png`` files under it."""
+    return [path for item in items for path in (sorted(item.rglob("*.png")) if item.is_dir() else [item])]
+
+
 def infer(args: argparse.Namespace) -> None:
     """Answer images with an OpenVINO export: one JSON line per image, masks written as PNG."""
     import numpy as np
@@ -180,7 +195,7 @@ def infer(args: argparse.Namespace) -> None:
         inferencer = GenAUOpenVINOInferencer(args.export, precision=args.precision)
     except ExportError as error:
         raise SystemExit(f"anomalib-genau infer: {error}") from None
-    paths = [p for item in args.images for p in (sorted(item.rglob("*.png")) if item.is_dir() else [item])]
+    paths = _image_paths(args.images)
     if args.masks:
         args.masks.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -234,7 +249,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     exporter = commands.add_parser("export", help=export.__doc__)
     exporter.add_argument("--ckpt-path", type=Path, required=True)
     exporter.add_argument("--export-root", type=Path, default=Path("exported"))
-    exporter.add_argument("--weights", choices=["f32", "fp16", "int8", "int4"], default="f32")
+    exporter.add_argument("--weights", choices=["f32", "fp16", "int8", "int4", "int8_ptq"], default="f32")
+    exporter.add_argument(
+        "--calibration-images", type=Path, nargs="+", help="int8_ptq: image files, or folders searched for *.png"
+    )
+    exporter.add_argument("--calibration-count", type=int, default=16, help="int8_ptq: calibrate on the first N images")
+    exporter.add_argument("--category", help="int8_ptq: product named in the calibration prompt")
     exporter.add_argument(
         "--input-size", action="append", help="HxW to export (repeatable); default: the pre-processor's size"
     )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from openvino.passes import MakeStateful, Manager
 from torch.export import Dim
 
 from .graphs import DecoderGraph, EmbeddingGraph, ImageTokensGraph, ReadoutGraph, VisionTowerGraph
+from .quantization import calibration_samples, compress_weights, quantize
 
 if TYPE_CHECKING:
     from anomalib_genau.models.genau.lightning_model import GenAU
@@ -44,8 +45,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "genau.json"
 FORMAT_VERSION = 2  # 2: the decoder keeps its KV cache in OpenVINO states
 # Weight formats of the export: f32, fp16 storage, NNCF INT8 (all graphs but the readout), NNCF
-# INT4 (the decoder and embeddings; the vision graphs INT8).
-WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4")
+# INT4 (the decoder and embeddings; the vision graphs INT8), NNCF INT8 post-training quantization
+# (weights and activations of the vision tower and the decoder; INT8 weights for the rest).
+WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq")
 RT_INFO_KEY = ["genau", "config_id"]
 
 
@@ -70,23 +72,12 @@ def _name_outputs(model: ov.Model, names: Sequence[str]) -> ov.Model:
     return model
 
 
-def _compress(model: ov.Model, weights: str, language: bool) -> ov.Model:
-    """NNCF weight compression: INT8 (asymmetric, per channel) or INT4 (symmetric, groups of 64).
-
-    INT4 keeps NNCF's default INT8 backup for the embeddings and the LM head.
-    """
-    import nncf
-
-    if weights == "int4" and language:
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=64, ratio=1.0)
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-
-
 def export_openvino(
     module: GenAU,
     export_root: str | Path,
     image_sizes: Sequence[Sequence[int]] | None = None,
     weights: str = "f32",
+    calibration: Iterable[tuple[torch.Tensor, str | None]] | None = None,
 ) -> Path:
     """Write GenAU's OpenVINO export; returns the manifest's path.
 
@@ -97,15 +88,23 @@ def export_openvino(
             aspect ratio at inference. ``None``: the pre-processor's size (the size GenAU saw
             in training and testing), else the vision tower's tile size.
         weights: ``"f32"``, ``"fp16"`` (weights stored in fp16), ``"int8"`` (NNCF INT8 weights for
-            every graph) or ``"int4"`` (NNCF INT4 weights for the decoder, INT8 for the rest).
+            every graph), ``"int4"`` (NNCF INT4 weights for the decoder, INT8 for the rest) or
+            ``"int8_ptq"`` (NNCF INT8 weights and activations for the vision tower and the
+            decoder, calibrated on ``calibration``; INT8 weights for the rest).
+        calibration: ``int8_ptq`` only: ``(image (3, H, W) in [0, 1], instruction or None)``
+            pairs, pre-processed as in testing; a few images of the target product suffice.
 
     Raises:
-        ValueError: Unknown ``weights``, an image size below one patch, or a module whose
-            post-processor has no thresholds yet (never validated: every output would be NaN).
+        ValueError: Unknown ``weights``, ``int8_ptq`` without calibration images, an image
+            size below one patch, or a module whose post-processor has no thresholds yet
+            (never validated: every output would be NaN).
 
     """
     if weights not in WEIGHT_FORMATS:
         msg = f"Unknown weight format '{weights}'; use one of {', '.join(WEIGHT_FORMATS)}."
+        raise ValueError(msg)
+    if weights == "int8_ptq" and calibration is None:
+        msg = "INT8 post-training quantization (int8_ptq) needs calibration images."
         raise ValueError(msg)
     post_processor = module.post_processor
     if not isinstance(post_processor, PostProcessor) or bool(torch.isnan(post_processor.image_threshold)):
@@ -128,11 +127,15 @@ def export_openvino(
     model.eval()
     model.vlm.merge_adapter()
     try:  # saved before unmerging: the converted graphs share their weights' memory with torch
+        samples = calibration_samples(model, calibration or []) if weights == "int8_ptq" else {}
         files = {}
         for name, traced in trace_graphs(module, sizes, manifest["score"]["fused"]).items():
-            language = name in {"language_model", "embeddings"}
-            compressed = weights in {"int8", "int4"} and not name.startswith("readout")
-            graph = _compress(traced, weights, language) if compressed else traced
+            if name in samples:
+                graph = quantize(traced, samples[name])
+            elif weights in {"int8", "int4", "int8_ptq"} and not name.startswith("readout"):
+                graph = compress_weights(traced, weights, language=name in {"language_model", "embeddings"})
+            else:
+                graph = traced
             graph.set_rt_info(manifest["config_id"], RT_INFO_KEY)
             path = root / f"{name}.xml"
             ov.save_model(graph, path, compress_to_fp16=weights != "f32")

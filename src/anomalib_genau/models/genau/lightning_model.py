@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import AnomalibDataModule, Batch
 from anomalib.deploy import CompressionType
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models import AnomalibModule
@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 # Constructor arguments that shape the trained weights or their outputs: a checkpoint only
 # loads onto a model built with the same values.
+# Validation images that calibrate the INT8_PTQ export: each is a full prefill (~1500 tokens at
+# 384 px), so a few images give NNCF's activation ranges thousands of tokens.
+CALIBRATION_IMAGES = 16
 ARCHITECTURE_ARGUMENTS = (
     "vision_layers",
     "temperature",
@@ -296,9 +299,7 @@ class GenAU(AnomalibModule):
         self.model.eval()
         map_max, log_odds = [], []
         for batch in dataloader:
-            images = batch.image.to(self.device)
-            if self.pre_processor is not None and self.pre_processor.transform is not None:
-                images = self.pre_processor.transform(images)
+            images = self.pre_processed(batch.image.to(self.device))
             inspection = self.model.inspect(images, getattr(batch, "instruction", None))
             map_max.append(inspection.map_max)
             log_odds.append(inspection.log_odds)
@@ -419,6 +420,7 @@ class GenAU(AnomalibModule):
         model_file_name: str = "model",
         input_size: tuple[int, int] | None = None,
         compression_type: CompressionType | None = None,
+        datamodule: AnomalibDataModule | None = None,
         *args,
         **kwargs,
     ) -> Path:
@@ -433,15 +435,20 @@ class GenAU(AnomalibModule):
             model_file_name: Unused: GenAU's graphs have fixed names.
             input_size: ``(H, W)`` to export; ``None``: the pre-processor's size.
             compression_type: ``None`` (f32 weights), ``FP16`` or ``INT8`` (NNCF weight
-                compression); INT4 is ``anomalib-genau export --weights int4``.
-            *args: anomalib's ``datamodule`` (unused: weight compression needs no data).
+                compression), ``INT8_PTQ`` (NNCF INT8 weights and activations for the vision
+                tower and the decoder, calibrated on ``datamodule``'s validation images); INT4
+                is ``anomalib-genau export --weights int4``.
+            datamodule: ``INT8_PTQ`` only: its first ``CALIBRATION_IMAGES`` validation images
+                calibrate the quantization, as anomalib's own INT8_PTQ export does.
+            *args: Unused.
             **kwargs: anomalib's other export options; those set are logged as ignored.
 
         Returns:
             The manifest ``genau.json``.
 
         Raises:
-            ValueError: ``INT8_PTQ`` or ``INT8_ACQ``: full quantization of the decoder is not supported.
+            ValueError: ``INT8_ACQ`` (accuracy control needs one graph with one metric), or
+                ``INT8_PTQ`` without a datamodule.
 
         """
         del model_file_name, args
@@ -450,17 +457,45 @@ class GenAU(AnomalibModule):
             logger.warning("GenAU's OpenVINO export ignores %s.", ", ".join(sorted(unused)))
         from anomalib_genau.deploy.export import export_openvino
 
-        weights = {None: "f32", CompressionType.FP16: "fp16", CompressionType.INT8: "int8"}.get(
-            CompressionType(compression_type) if compression_type else None
-        )
+        compression = CompressionType(compression_type) if compression_type else None
+        weights = {
+            None: "f32",
+            CompressionType.FP16: "fp16",
+            CompressionType.INT8: "int8",
+            CompressionType.INT8_PTQ: "int8_ptq",
+        }.get(compression)
         if weights is None:
             msg = (
-                f"GenAU supports OpenVINO weight compression only (fp16, int8, and int4 through "
-                f"`anomalib-genau export`), not '{compression_type}'."
+                f"GenAU supports OpenVINO compression fp16, int8, int8_ptq (and int4 through "
+                f"`anomalib-genau export`), not '{compression.value}'."
             )
             raise ValueError(msg)
+        calibration = None
+        if weights == "int8_ptq":
+            if datamodule is None:
+                msg = "GenAU's INT8_PTQ export needs a datamodule: its validation images calibrate the quantization."
+                raise ValueError(msg)
+            datamodule.setup("fit")
+            calibration = self.calibration_images(datamodule.val_dataloader(), CALIBRATION_IMAGES)
         root = Path(export_root) / "weights" / "openvino"
-        return export_openvino(self, root, [input_size] if input_size else None, weights)
+        return export_openvino(self, root, [input_size] if input_size else None, weights, calibration)
+
+    def pre_processed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` images through the pre-processor's transform, as in testing."""
+        if self.pre_processor is not None and self.pre_processor.transform is not None:
+            return self.pre_processor.transform(images)
+        return images
+
+    def calibration_images(self, dataloader: Iterable[Batch], count: int) -> list[tuple[torch.Tensor, str | None]]:
+        """The first ``count`` images of ``dataloader``, pre-processed, with their instructions."""
+        images: list[tuple[torch.Tensor, str | None]] = []
+        for batch in dataloader:
+            pixels = self.pre_processed(batch.image)
+            instructions = getattr(batch, "instruction", None) or [None] * len(pixels)
+            images.extend(zip(pixels, instructions, strict=True))
+            if len(images) >= count:
+                break
+        return images[:count]
 
     def to_onnx(self, *args, **kwargs) -> Path:
         """Refused: ONNX holds neither a model over 2 GB nor GenAU's decode loop; use ``to_openvino``."""
