@@ -11,8 +11,8 @@ model never stops by itself, a trained one stops there.
 
 - latency per image (median) of torch eager fp32 and of the OpenVINO export run as f32
   (f32 weights, f32 inference), bf16 (fp16 weights, bf16 inference), INT8 (NNCF INT8
-  weights, bf16 inference), INT8 PTQ (NNCF INT8 weights and activations for the vision tower
-  and the decoder, calibrated on ``--calibration-images`` other random images) and, with
+  weights, bf16 inference), INT8 PTQ (NNCF INT8 weights and activations for the decoder,
+  INT8 weights elsewhere, calibrated on ``--calibration-images`` other random images) and, with
   ``--int4``, INT4 (NNCF INT4 decoder weights, bf16 inference);
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
 - the largest map and score differences from torch, and whether label and answer agree;

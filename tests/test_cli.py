@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from anomalib_genau.cli import main
+
 BIN = Path(sys.executable).parent
 # the model of configs/genau_tiny.yaml, for the commands that take no config
 TINY_MODEL_ARGS = (
@@ -83,7 +87,8 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     assert all(Path(record["mask_path"]).is_file() for record in records)
     assert {record["image_path"] for record in records} == {str(path) for path in images.glob("*.png")}
 
-    # deployment: anomalib's export command, then the OpenVINO inferencer's command on the same images
+    # deployment: anomalib's export command (INT8 quantization calibrated on the datamodule's validation
+    # images; f32 parity is tested in test_openvino.py), then the OpenVINO inferencer's command on the same images
     _run(
         str(BIN / "anomalib"),
         "export",
@@ -94,10 +99,12 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
         str(checkpoint),
         "--export_root",
         "exported",
+        *("--compression_type", "INT8_PTQ", "--data", "MVTecAD", "--data.root", str(images.parents[2])),
+        *("--data.category", "carpet", "--data.num_workers", "0"),
         cwd=tmp_path,
     )
     export = tmp_path / "exported" / "weights" / "openvino"
-    assert (export / "genau.json").is_file()
+    assert json.loads((export / "genau.json").read_text())["weights"] == "int8_ptq"
     inferred = _run(str(BIN / "anomalib-genau"), "infer", str(export), str(images), "--masks", "masks", cwd=tmp_path)
     deployed = {record["image_path"]: record for record in map(json.loads, inferred.stdout.strip().splitlines())}
     assert set(deployed) == {record["image_path"] for record in records}
@@ -106,3 +113,11 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
         assert isinstance(record["pred_label"], bool)
         assert record["input_size"] == [224, 224]  # the pre-processor's size of genau_tiny.yaml
         assert Path(tmp_path, record["mask_path"]).is_file()
+
+
+def test_export_takes_calibration_images_with_int8_ptq_only(tmp_path: Path) -> None:
+    checkpoint = str(tmp_path / "model.ckpt")  # refused before it is read
+    with pytest.raises(SystemExit, match="--calibration-images goes with --weights int8_ptq"):
+        main(["export", "--ckpt-path", checkpoint, "--weights", "int8_ptq"])
+    with pytest.raises(SystemExit, match="--calibration-images goes with --weights int8_ptq"):
+        main(["export", "--ckpt-path", checkpoint, "--weights", "int8", "--calibration-images", str(tmp_path)])

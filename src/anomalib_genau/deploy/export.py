@@ -46,7 +46,7 @@ MANIFEST = "genau.json"
 FORMAT_VERSION = 2  # 2: the decoder keeps its KV cache in OpenVINO states
 # Weight formats of the export: f32, fp16 storage, NNCF INT8 (all graphs but the readout), NNCF
 # INT4 (the decoder and embeddings; the vision graphs INT8), NNCF INT8 post-training quantization
-# (weights and activations of the vision tower and the decoder; INT8 weights for the rest).
+# (weights and activations of the decoder; INT8 weights for the rest).
 WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq")
 RT_INFO_KEY = ["genau", "config_id"]
 
@@ -89,8 +89,8 @@ def export_openvino(
             in training and testing), else the vision tower's tile size.
         weights: ``"f32"``, ``"fp16"`` (weights stored in fp16), ``"int8"`` (NNCF INT8 weights for
             every graph), ``"int4"`` (NNCF INT4 weights for the decoder, INT8 for the rest) or
-            ``"int8_ptq"`` (NNCF INT8 weights and activations for the vision tower and the
-            decoder, calibrated on ``calibration``; INT8 weights for the rest).
+            ``"int8_ptq"`` (NNCF INT8 weights and activations for the decoder, calibrated on
+            ``calibration``; INT8 weights for the rest, the readout's in fp16).
         calibration: ``int8_ptq`` only: ``(image (3, H, W) in [0, 1], instruction or None)``
             pairs, pre-processed as in testing; a few images of the target product suffice.
 

@@ -435,8 +435,8 @@ class GenAU(AnomalibModule):
             model_file_name: Unused: GenAU's graphs have fixed names.
             input_size: ``(H, W)`` to export; ``None``: the pre-processor's size.
             compression_type: ``None`` (f32 weights), ``FP16`` or ``INT8`` (NNCF weight
-                compression), ``INT8_PTQ`` (NNCF INT8 weights and activations for the vision
-                tower and the decoder, calibrated on ``datamodule``'s validation images); INT4
+                compression), ``INT8_PTQ`` (NNCF INT8 weights and activations for the decoder,
+                calibrated on ``datamodule``'s validation images; INT8 weights elsewhere); INT4
                 is ``anomalib-genau export --weights int4``.
             datamodule: ``INT8_PTQ`` only: its first ``CALIBRATION_IMAGES`` validation images
                 calibrate the quantization, as anomalib's own INT8_PTQ export does.
