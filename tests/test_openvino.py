@@ -195,7 +195,7 @@ def test_calibration_captures_the_inputs_the_inferencer_feeds_the_graphs(
     inferencer._infer = lambda *inputs: fed.append(inputs) or infer(*inputs)
     pixels = inferencer.prepare(images[0])
     inferencer.predict(pixels)  # no category: one question, the default object
-    (prefill,) = calibration_samples(trained_module.model, [(pixels, None)])["language_model"]
+    (prefill,) = calibration_samples(trained_module.model, [(pixels, None)])
     embeds, attention_mask, position_ids = fed[0]
     assert prefill["inputs_embeds"].shape == embeds.shape
     assert np.abs(prefill["inputs_embeds"] - embeds).max() < 1e-5

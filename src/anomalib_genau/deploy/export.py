@@ -127,11 +127,11 @@ def export_openvino(
     model.eval()
     model.vlm.merge_adapter()
     try:  # saved before unmerging: the converted graphs share their weights' memory with torch
-        samples = calibration_samples(model, calibration or []) if weights == "int8_ptq" else {}
+        decoder_samples = calibration_samples(model, calibration) if weights == "int8_ptq" else None
         files = {}
         for name, traced in trace_graphs(module, sizes, manifest["score"]["fused"]).items():
-            if name in samples:
-                graph = quantize(traced, samples[name])
+            if name == "language_model" and decoder_samples:
+                graph = quantize(traced, decoder_samples)
             elif weights in {"int8", "int4", "int8_ptq"} and not name.startswith("readout"):
                 graph = compress_weights(traced, weights, language=name in {"language_model", "embeddings"})
             else:

@@ -58,20 +58,20 @@ class _PrefillCaptured(Exception):  # noqa: N818 - control flow, not an error
     """Stops the torch prefill once its decoder inputs are captured (the decoder itself is not needed)."""
 
 
-def calibration_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor, str | None]]) -> dict[str, list[Any]]:
-    """Inputs of the decoder's prefill for each ``(image (3, H, W), instruction)``, by graph name.
+def calibration_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor, str | None]]) -> list[dict[str, Any]]:
+    """Inputs of the decoder graph's prefill for each ``(image (3, H, W), instruction)``.
 
     The prompt embeddings with the image features in place ``(1, L, D)``, the mask, the
     positions and ``beam_idx``: one sample per image, as ``GenAUOpenVINOInferencer`` feeds the
     decoder graph. ``instruction`` ``None`` is the canonical prompt on the model's default object.
     """
     llava = model.llava
-    samples: dict[str, list[Any]] = {"language_model": []}
+    samples: list[dict[str, Any]] = []
 
     def decoder_inputs(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         del args
         embeds = kwargs["inputs_embeds"]
-        samples["language_model"].append(
+        samples.append(
             {
                 "inputs_embeds": embeds.float().numpy(),
                 "attention_mask": kwargs["attention_mask"].long().numpy(),
@@ -90,7 +90,7 @@ def calibration_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor, 
                 llava(**model.prefill_inputs(encoded, vision), use_cache=True, logits_to_keep=1)
     finally:
         hook.remove()
-    if not samples["language_model"]:
+    if not samples:
         msg = "INT8 post-training quantization needs at least one calibration image."
         raise ValueError(msg)
     return samples
