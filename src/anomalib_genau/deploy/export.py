@@ -31,6 +31,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import torch
 from anomalib.post_processing import PostProcessor
+from openvino._offline_transformations import compress_model_transformation
 from openvino.passes import MakeStateful, Manager
 from torch.export import Dim
 
@@ -130,6 +131,11 @@ def export_openvino(
         decoder_samples = calibration_samples(model, calibration) if weights == "int8_ptq" else None
         files = {}
         for name, traced in trace_graphs(module, sizes, manifest["score"]["fused"]).items():
+            if weights != "f32":
+                # fp16 storage (what ov.save_model's compress_to_fp16 does), before NNCF: save_model
+                # skips a graph NNCF has compressed, which kept its other constants (norms, biases,
+                # SigLIP's 3.4 MB position embeddings) in f32
+                compress_model_transformation(traced)
             if name == "language_model" and decoder_samples:
                 graph = quantize(traced, decoder_samples)
             elif weights in {"int8", "int4", "int8_ptq"} and not name.startswith("readout"):
@@ -138,7 +144,7 @@ def export_openvino(
                 graph = traced
             graph.set_rt_info(manifest["config_id"], RT_INFO_KEY)
             path = root / f"{name}.xml"
-            ov.save_model(graph, path, compress_to_fp16=weights != "f32")
+            ov.save_model(graph, path, compress_to_fp16=False)
             files[name] = path.name
     finally:
         model.vlm.unmerge_adapter()
