@@ -105,6 +105,18 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     )
     export = tmp_path / "exported" / "weights" / "openvino"
     assert json.loads((export / "genau.json").read_text())["weights"] == "int8_ptq"
+    # the same quantization through anomalib-genau's command, calibrated on image files
+    calibration = images.parents[1] / "train" / "good"
+    listed = _run(
+        *(str(BIN / "anomalib-genau"), "export", "--ckpt-path", str(checkpoint), "--export-root", "exported_cli"),
+        *("--weights", "int8_ptq", "--calibration-images", str(calibration), "--calibration-count", "2"),
+        *("--category", "carpet"),
+        cwd=tmp_path,
+    )
+    manifest = json.loads((tmp_path / "exported_cli" / "genau.json").read_text())
+    assert manifest["weights"] == "int8_ptq"
+    assert "language_model.bin" in listed.stdout
+    assert 'type="FakeQuantize"' in (tmp_path / "exported_cli" / "language_model.xml").read_text()
     inferred = _run(str(BIN / "anomalib-genau"), "infer", str(export), str(images), "--masks", "masks", cwd=tmp_path)
     deployed = {record["image_path"]: record for record in map(json.loads, inferred.stdout.strip().splitlines())}
     assert set(deployed) == {record["image_path"] for record in records}
