@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anomalib_genau.models.genau.decoding import anchor_states, decode_with_anchors, next_tokens
+from anomalib_genau.models.genau.decoding import anchor_states, decode_with_anchors, greedy_anchor_decode, next_tokens
 from anomalib_genau.models.genau.torch_model import GenAUModel
 
 DEFECT_ID, NORMAL_ID, EOS_ID = 7, 8, 9
@@ -34,6 +34,38 @@ def test_anchor_states_take_the_last_occurrences_in_normal_defect_order() -> Non
     assert anchors.squeeze(-1).tolist() == [[4.0, 3.0], [6.0, 5.0]]
     with pytest.raises(ValueError, match=r"Sequences \[1\] contain no \[SEG_normal\]"):
         anchor_states(hidden, torch.tensor([[DEFECT_ID, NORMAL_ID], [DEFECT_ID, 1]]), (DEFECT_ID, NORMAL_ID))
+
+
+def test_the_segmentation_pair_is_fed_in_one_step_once_every_open_answer_ends() -> None:
+    """Row 0 ends at its second token, row 1 at its fourth: only row 1's pair shares a step."""
+    vocab, ends_at = 10, (1, 3)  # the index of each row's [SEG_defect]
+    fed = []
+
+    def step(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fed.append((ids.tolist(), mask.tolist(), positions.tolist()))
+        logits = torch.zeros(2, vocab)
+        for row, end in enumerate(ends_at):
+            logits[row, DEFECT_ID if len(fed) == end else len(fed)] = 1.0
+        return logits, positions[..., None].float().expand(-1, -1, 3)  # a state that names its position
+
+    first_logits = torch.zeros(2, vocab)
+    first_logits[:, 0] = 1.0
+    decoded = greedy_anchor_decode(
+        first_logits, step, torch.tensor([[0, 1], [1, 1]]), torch.tensor([0, 1]), (DEFECT_ID, NORMAL_ID), [EOS_ID], 0, 8
+    )
+    assert decoded.tokens.tolist() == [[0, DEFECT_ID, NORMAL_ID, 0, 0], [0, 1, 2, DEFECT_ID, NORMAL_ID]]
+    assert [ids for ids, _, _ in fed] == [
+        [[0], [0]],
+        [[DEFECT_ID], [1]],
+        [[NORMAL_ID], [2]],
+        [[0, 0], [DEFECT_ID, NORMAL_ID]],
+    ]
+    # the finished row is masked out and the positions run on past the prompt's last
+    assert fed[-1][1] == [[0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]]
+    assert fed[-1][2] == [[4, 5], [5, 6]]
+    assert decoded.anchors[..., 0].tolist() == [[3.0, 2.0], [6.0, 5.0]]  # ([SEG_normal], [SEG_defect]) positions
+    assert decoded.answer_tokens == [[0], [0, 1, 2]]
+    assert not decoded.forced.any()
 
 
 def _prefill(model: GenAUModel, images: torch.Tensor, instructions: list[str]) -> tuple[dict, dict]:
@@ -109,8 +141,9 @@ def test_decoding_reads_the_trained_token_rows_merged_and_restores_the_base_rows
     encoded, prefill = _prefill(model, torch.rand(1, 3, 112, 112), ["Inspect the carpet."])
     decoded = decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 5)
     hook.remove()
-    # the prefill and every step ran on the merged rows, and the base rows are back bit for bit
-    assert merged_during_steps == [True] * 6
+    # the prefill and every step (the segmentation pair in one) ran on the merged rows, and the
+    # base rows are back bit for bit
+    assert merged_during_steps == [True] * 5
     assert not embeddings.merged and not lm_head.merged
     assert torch.equal(embeddings.base_layer.weight, base_rows)
     assert lm_head.base_layer.weight.data_ptr() == embeddings.base_layer.weight.data_ptr()  # still tied

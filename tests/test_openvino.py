@@ -301,9 +301,9 @@ def test_broken_or_mixed_exports_are_refused(f32_export: Path, tmp_path: Path) -
         GenAUOpenVINOInferencer(f32_export, expected_configuration={"lora_rank": 16})
     older = shutil.copytree(f32_export, tmp_path / "older")
     manifest = json.loads((older / "genau.json").read_text())
-    manifest["format"] = 1  # its decoder took the KV cache as inputs
+    manifest["format"] = 2  # its decoder returned the last position's hidden state only
     (older / "genau.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportError, match=r"format 1, this anomalib-genau reads format 2: export the checkpoint again"):
+    with pytest.raises(ExportError, match=r"format 2, this anomalib-genau reads format 3: export the checkpoint again"):
         GenAUOpenVINOInferencer(older)
 
 

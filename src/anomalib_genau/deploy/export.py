@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "genau.json"
-FORMAT_VERSION = 2  # 2: the decoder keeps its KV cache in OpenVINO states
+# 2: the decoder keeps its KV cache in OpenVINO states; 3: it returns every new position's hidden state
+FORMAT_VERSION = 3
 # Weight formats of the export: f32, fp16 storage, NNCF INT8 (all graphs but the readout), NNCF
 # INT4 (the decoder and embeddings; the vision graphs INT8), NNCF INT8 post-training quantization
 # (weights and activations of the decoder; INT8 weights for the rest).

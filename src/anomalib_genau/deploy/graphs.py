@@ -7,7 +7,7 @@ it (anomalib's default export traces one forward). The export splits the model a
   so its weights are stored once for every exported image size;
 - ``ImageTokensGraph`` (one per size): projector and AnyRes packing into LLM image tokens;
 - ``EmbeddingGraph``: token ids to embeddings (the new tokens' rows merged);
-- ``DecoderGraph``: the Qwen2 decoder with the KV cache as explicit inputs and outputs,
+- ``DecoderGraph``: the Qwen2 decoder over a KV cache (kept in OpenVINO states by the export),
   used for the prefill and for every decoding step;
 - ``ReadoutGraph`` (one per size): the anchor readout, the calibrated score and anomalib's
   post-processing (normalisation and thresholds).
@@ -91,8 +91,9 @@ class DecoderGraph(nn.Module):
     Inputs: ``inputs_embeds (B, L, D)``, ``attention_mask (B, T + L)``, ``position_ids (B, L)``,
     ``beam_idx (B,)`` (the past row each row continues: ``arange(B)`` for greedy decoding) and
     ``past``: per layer its keys, then its values, ``(B, kv_heads, T, head_dim)``.
-    Outputs: ``logits (B, V)`` and ``hidden (B, D)`` (final layer, after the norm) of the last
-    position, then per layer the present keys and values ``(B, kv_heads, T + L, head_dim)``.
+    Outputs: ``logits (B, V)`` of the last position, ``hidden (B, L, D)`` (final layer, after the
+    norm) of every new position (a decoding step feeds one token, or the two segmentation tokens
+    together), then per layer the present keys and values ``(B, kv_heads, T + L, head_dim)``.
 
     The export turns each past/present pair into an OpenVINO state. Reading the past through
     ``beam_idx`` is the pattern with which OpenVINO's CPU plugin fuses the state, the cache
@@ -125,9 +126,9 @@ class DecoderGraph(nn.Module):
             past_key_values=cache,
             use_cache=True,
         )
-        hidden = output.last_hidden_state[:, -1]
+        hidden = output.last_hidden_state
         present = [states for layer in cache.layers for states in (layer.keys, layer.values)]
-        return llava.lm_head(hidden), hidden, *present
+        return llava.lm_head(hidden[:, -1]), hidden, *present
 
 
 class ReadoutGraph(nn.Module):

@@ -340,11 +340,11 @@ class GenAUOpenVINOInferencer:
         return results
 
     def _step(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoding step of the greedy loop: feed ``ids (1,)`` at ``position (1,)``."""
-        fed = self.embeddings([ids[:, None].numpy()])[0]
-        return self._infer(fed, attention_mask.numpy(), position[:, None].numpy())
+        """One decoding step of the greedy loop: feed ``ids (1, K)`` at ``positions (1, K)``."""
+        fed = self.embeddings([ids.numpy()])[0]
+        return self._infer(fed, attention_mask.numpy(), positions.numpy())
 
     def _embed(self, input_ids: torch.Tensor, image_embeds: np.ndarray) -> np.ndarray:
         """``(1, L, D)`` prompt embeddings with the image's features at its image tokens."""
@@ -361,7 +361,7 @@ class GenAUOpenVINOInferencer:
     def _infer(
         self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder pass on the cache in the states: ``logits (1, V)`` and ``hidden (1, D)``."""
+        """One decoder pass on the cache in the states: ``logits (1, V)`` and ``hidden (1, L, D)``."""
         outputs = self.decoder_request.infer(
             {
                 "inputs_embeds": embeds,

@@ -4,8 +4,9 @@ transformers' ``generate`` never computes the hidden state of the last token it 
 stores every layer's state for every step; GenAU needs exactly the last layer's state of
 the two segmentation tokens, the last of which is the final token. So this module runs the
 model's own forward with its KV cache: prefill once, decode greedily, and each step that
-feeds a token returns that token's final-layer state, the last step being the one extra
-cached step that reads the ``[SEG_normal]`` anchor.
+feeds tokens returns their final-layer states. ``[SEG_normal]`` always follows
+``[SEG_defect]``, so the two go through the decoder in one step, which reads both anchors
+(one decoder pass fewer than feeding them one by one).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def next_tokens(
     return chosen, forced
 
 
-# One decoding step: ``(B,)`` fed ids, ``(B, T)`` attention mask, ``(B,)`` positions ->
-# ``(B, V)`` next-token logits and ``(B, D)`` final-layer states of the fed tokens.
+# One decoding step: ``(B, K)`` fed ids, ``(B, T)`` attention mask (the fed ones included),
+# ``(B, K)`` positions -> ``(B, V)`` next-token logits after the last fed token and
+# ``(B, K, D)`` final-layer states of the fed tokens (``K`` is 1, or 2 for the segmentation pair).
 DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -97,7 +99,7 @@ def greedy_anchor_decode(
 
     Args:
         first_logits: ``(B, V)`` logits after the prompt (the prefill's last position).
-        step: Feeds one token per image through the cached decoder, see ``DecodeStep``.
+        step: Feeds the chosen tokens through the cached decoder, see ``DecodeStep``.
         attention_mask: ``(B, L)`` prompt attention mask.
         last_position: ``(B,)`` position id of each prompt's last token.
         seg_ids: ``([SEG_defect] id, [SEG_normal] id)``.
@@ -121,13 +123,19 @@ def greedy_anchor_decode(
         )
         chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
         forced_any |= forced & ~finished
-        tokens.append(chosen)
-        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=1)
-        position = position + 1
-        logits, state = step(chosen, attention_mask, position)
-        states.append(state)
+        fed = chosen[:, None]
+        if bool(((chosen == seg_defect_id) | finished).all()):
+            # every open answer ends now: its [SEG_normal] follows at once, fed in the same step
+            following = torch.where(finished, torch.full_like(chosen, pad_id), torch.full_like(chosen, seg_normal_id))
+            fed = torch.stack([chosen, following], dim=1)
+        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None].expand_as(fed)], dim=1)
+        positions = position[:, None] + torch.arange(1, fed.shape[1] + 1, device=position.device)
+        position = positions[:, -1]
+        logits, state = step(fed, attention_mask, positions)
+        tokens.extend(fed.unbind(dim=1))
+        states.extend(state.unbind(dim=1))
         emitted_defect |= (chosen == seg_defect_id) & ~finished
-        finished |= chosen == seg_normal_id
+        finished |= (fed == seg_normal_id).any(dim=1)
         if bool(finished.all()):
             break
     token_matrix = torch.stack(tokens, dim=1)
@@ -168,17 +176,18 @@ def decode_with_anchors(
         cache = output.past_key_values
 
         def step(
-            ids: torch.Tensor, attention_mask: torch.Tensor, position: torch.Tensor
+            ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
             fed = llava(
-                input_ids=ids[:, None],
+                input_ids=ids,
                 attention_mask=attention_mask,
-                position_ids=position[:, None],
+                position_ids=positions,
                 past_key_values=cache,
                 use_cache=True,
                 output_hidden_states=True,
+                logits_to_keep=1,
             )
-            return fed.logits[:, -1], fed.hidden_states[-1][:, -1]
+            return fed.logits[:, -1], fed.hidden_states[-1]
 
         return greedy_anchor_decode(
             output.logits[:, -1],
