@@ -17,10 +17,11 @@ model never stops by itself, a trained one stops there.
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
 - the largest map and score differences from torch, and whether label and answer agree;
 - per backend, within the same timed calls: the vision tower, the prefill (decoder passes over
-  the prompt), the decoding steps (one decoder pass per answer token), their ratio, and the rest
-  (processor, image tokens, readout, post-processing); and the FLOPs per image (counted from
-  the configuration) per second as a fraction of this machine's measured matmul peak in that
-  precision (the better of torch and OpenVINO on large matrix products).
+  the prompt), the decoding steps (one decoder pass per answer token, the segmentation pair in
+  one), their ratio, and the rest (processor, image tokens, readout, post-processing); and the
+  FLOPs per image (counted from the configuration) per second as a fraction of this machine's
+  measured matmul peak in that precision (the better of torch and OpenVINO on large matrix
+  products).
 """
 
 from __future__ import annotations

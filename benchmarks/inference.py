@@ -8,7 +8,7 @@ Prints figures and ratios only; nothing is asserted. Measured:
 - images per second of ``GenAUModel.inspect`` (prefill, cached greedy decoding of the short
   answer, readout) for each batch size, and the ratio to batch 1;
 - within the same calls, the time of the prefill (the decoder's pass over the prompt) and of the
-  decoding steps (one cached pass per answer token), and their ratio;
+  decoding steps (one cached pass per answer token, the segmentation pair in one), and their ratio;
 - the FLOPs of one image's inference, counted from the configuration (2 FLOPs per weight per
   token for the linear layers, plus attention's ``QK^T`` and ``AV`` products), divided by the
   measured time, as a fraction of this machine's measured fp32 and bf16 matmul peak.
