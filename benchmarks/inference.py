@@ -74,7 +74,7 @@ def image_flops(model: GenAUModel, encoded: dict[str, torch.Tensor], answer_toke
 
 def decoder_stage(*_: object, **kwargs: object) -> str:
     """A decoder forward given a KV cache is a decoding step; one without, the prefill."""
-    return "decoding" if kwargs.get("past_key_values") is not None else "prefill"
+    return "decoding" if kwargs.get("cache") is not None else "prefill"
 
 
 def short_answer_tokens(model: GenAUModel) -> int:

@@ -123,7 +123,7 @@ class DecoderGraph(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         hidden = output.last_hidden_state

@@ -173,7 +173,7 @@ def decode_with_anchors(
     """
     with merged_token_rows(llava):
         output = llava(**prefill, use_cache=True, logits_to_keep=1)
-        cache = output.past_key_values
+        cache = output.cache
 
         def step(
             ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
@@ -182,7 +182,7 @@ def decode_with_anchors(
                 input_ids=ids,
                 attention_mask=attention_mask,
                 position_ids=positions,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 output_hidden_states=True,
                 logits_to_keep=1,
@@ -257,7 +257,7 @@ def option_log_likelihoods(
     """
     with merged_token_rows(llava):
         output = llava(**prefill, use_cache=True, logits_to_keep=1)
-        cache, first = output.past_key_values, output.logits[:, -1].float().log_softmax(dim=-1)
+        cache, first = output.cache, output.logits[:, -1].float().log_softmax(dim=-1)
         batch, device = first.shape[0], first.device
         end = prefill["position_ids"][:, -1]
         scores = [torch.zeros(len(image_options), device=device) for image_options in options]
@@ -275,7 +275,7 @@ def option_log_likelihoods(
                     input_ids=ids[:, :-1],
                     attention_mask=torch.cat([prefill["attention_mask"], mask[:, :-1]], dim=1),
                     position_ids=end[:, None] + 1 + torch.arange(width - 1, device=device),
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 )
                 log_probs = following.logits.float().log_softmax(dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
