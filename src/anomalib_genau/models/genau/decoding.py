@@ -5,8 +5,9 @@ stores every layer's state for every step; GenAU needs exactly the last layer's 
 the two segmentation tokens, the last of which is the final token. So this module runs the
 model's own forward with its KV cache: prefill once, decode greedily, and each step that
 feeds tokens returns their final-layer states. ``[SEG_normal]`` always follows
-``[SEG_defect]``, so the two go through the decoder in one step, which reads both anchors
-(one decoder pass fewer than feeding them one by one).
+``[SEG_defect]``, so once every open answer of the batch emits ``[SEG_defect]`` the two go
+through the decoder in one step, which reads both anchors (one decoder pass fewer than
+feeding them one by one).
 """
 
 from __future__ import annotations
