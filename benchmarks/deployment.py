@@ -13,7 +13,8 @@ model never stops by itself, a trained one stops there.
   (f32 weights, f32 inference), bf16 (fp16 weights, bf16 inference), INT8 (NNCF INT8
   weights, bf16 inference), INT8 PTQ (NNCF INT8 weights and activations for the decoder,
   INT8 weights elsewhere, calibrated on ``--calibration-images`` other random images) and, with
-  ``--int4``, INT4 (NNCF INT4 decoder weights, bf16 inference);
+  ``--int4``, INT4 (NNCF INT4 decoder weights, bf16 inference) and, with ``--dq-group-size N``,
+  INT8 weights with the CPU plugin's dynamic INT8 activations in groups of N (default 32);
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
 - the largest map and score differences from torch, and whether label and answer agree;
 - per backend, within the same timed calls: the vision tower, the prefill (decoder passes over
@@ -41,14 +42,20 @@ from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from inference import decoder_stage, image_flops, matmul_peak, short_answer_tokens
 from timing import StageClock, median_seconds
 
-# backend name -> (export weights, inference precision)
+# backend name -> (export weights, inference precision, further OpenVINO properties)
 BACKENDS = {
-    "OpenVINO f32": ("f32", "f32"),
-    "OpenVINO bf16": ("fp16", "bf16"),
-    "OpenVINO INT8": ("int8", "bf16"),
-    "OpenVINO INT8 PTQ": ("int8_ptq", "bf16"),
+    "OpenVINO f32": ("f32", "f32", {}),
+    "OpenVINO bf16": ("fp16", "bf16", {}),
+    "OpenVINO INT8": ("int8", "bf16", {}),
+    "OpenVINO INT8 PTQ": ("int8_ptq", "bf16", {}),
 }
-INT4 = {"OpenVINO INT4": ("int4", "bf16")}
+INT4 = {"OpenVINO INT4": ("int4", "bf16", {})}
+
+
+def dynamic_quantization_backend(group_size: int) -> dict[str, tuple[str, str, dict]]:
+    """INT8 weights with the CPU plugin's dynamic INT8 activations in groups of ``group_size`` (default 32)."""
+    properties = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": group_size}
+    return {f"OpenVINO INT8 DQ{group_size}": ("int8", "bf16", properties)}
 
 
 def peak_rss_gib() -> float:
@@ -109,11 +116,11 @@ def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int)
     }
 
 
-def openvino_worker(export: Path, precision: str, image: Path, repeats: int) -> dict:
+def openvino_worker(export: Path, precision: str, image: Path, repeats: int, properties: dict) -> dict:
     """Latency of the OpenVINO inferencer on one image, per stage, and its outputs."""
     from anomalib_genau.deploy import GenAUOpenVINOInferencer
 
-    inferencer = GenAUOpenVINOInferencer(export, precision=precision)
+    inferencer = GenAUOpenVINOInferencer(export, precision=precision, config=properties)
     pixels = inferencer.prepare(torch.load(image))
     clock = StageClock()
     inferencer.vision_tower = clock.wrap("vision", inferencer.vision_tower)
@@ -242,6 +249,26 @@ def folder_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in {".xml", ".bin"}) / 2**20
 
 
+def openvino_rows(
+    module: torch.nn.Module, root: Path, backends: dict, calibration: list, image: Path, repeats: int
+) -> list[tuple]:
+    """Export each weight format once and time each backend on it in its own process."""
+    from anomalib_genau.deploy import export_openvino
+
+    exports, rows = {}, []  # weights -> (manifest, export seconds)
+    for name, (weights, precision, properties) in backends.items():
+        if weights not in exports:
+            start = time.perf_counter()
+            manifest = export_openvino(module, root / weights, weights=weights, calibration=calibration)
+            exports[weights] = (manifest, time.perf_counter() - start)
+        manifest, exported = exports[weights]
+        record = in_subprocess(
+            "openvino", str(manifest.parent), precision, str(image), str(repeats), json.dumps(properties)
+        )
+        rows.append((name, record, folder_mib(manifest.parent), exported))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(BACKBONE_SIZES), default="tiny")
@@ -251,6 +278,11 @@ def main() -> None:
     )
     parser.add_argument("--int4", action="store_true", help="also export and time INT4 decoder weights")
     parser.add_argument("--calibration-images", type=int, default=4, help="images that calibrate INT8 PTQ")
+    parser.add_argument(
+        "--dq-group-size",
+        type=int,
+        help="also time INT8 weights with OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE set to this (default 32)",
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -258,11 +290,9 @@ def main() -> None:
         if kind == "torch":
             record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
         else:
-            record = openvino_worker(Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]))
+            record = openvino_worker(Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]), json.loads(rest[4]))
         print(json.dumps(record))
         return
-
-    from anomalib_genau.deploy import export_openvino
 
     size = BACKBONE_SIZES[args.size]
     repeats = args.repeats or (5 if args.size == "tiny" else 2)
@@ -282,12 +312,9 @@ def main() -> None:
         reference = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens))
         rows = [("torch eager fp32", reference, None, None)]
         backends = {**BACKENDS, **(INT4 if args.int4 else {})}
-        for name, (weights, precision) in backends.items():
-            start = time.perf_counter()
-            manifest = export_openvino(module, root / weights, weights=weights, calibration=calibration)
-            exported = time.perf_counter() - start
-            record = in_subprocess("openvino", str(manifest.parent), precision, str(image), str(repeats))
-            rows.append((name, record, folder_mib(manifest.parent), exported))
+        if args.dq_group_size:
+            backends |= dynamic_quantization_backend(args.dq_group_size)
+        rows += openvino_rows(module, root, backends, calibration, image, repeats)
         print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
         # the random model never emits the segmentation tokens: it decodes the whole budget
         encoded = module.model.encode(torch.rand(1, 3, size.image_size, size.image_size), None)

@@ -117,7 +117,11 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     assert manifest["weights"] == "int8_ptq"
     assert "language_model.bin" in listed.stdout
     assert 'type="FakeQuantize"' in (tmp_path / "exported_cli" / "language_model.xml").read_text()
-    inferred = _run(str(BIN / "anomalib-genau"), "infer", str(export), str(images), "--masks", "masks", cwd=tmp_path)
+    inferred = _run(
+        str(BIN / "anomalib-genau"),
+        *("infer", str(export), str(images), "--masks", "masks", "--property", "INFERENCE_NUM_THREADS=1"),
+        cwd=tmp_path,
+    )
     deployed = {record["image_path"]: record for record in map(json.loads, inferred.stdout.strip().splitlines())}
     assert set(deployed) == {record["image_path"] for record in records}
     for record in deployed.values():  # parity with torch is tested image by image in test_openvino.py
@@ -133,3 +137,9 @@ def test_export_takes_calibration_images_with_int8_ptq_only(tmp_path: Path) -> N
         main(["export", "--ckpt-path", checkpoint, "--weights", "int8_ptq"])
     with pytest.raises(SystemExit, match="--calibration-images goes with --weights int8_ptq"):
         main(["export", "--ckpt-path", checkpoint, "--weights", "int8", "--calibration-images", str(tmp_path)])
+
+
+def test_infer_refuses_a_property_that_is_not_key_value(tmp_path: Path) -> None:
+    image = str(tmp_path / "image.png")  # refused before the export or the image is read
+    with pytest.raises(SystemExit, match="--property takes KEY=VALUE, got 'INFERENCE_NUM_THREADS'"):
+        main(["infer", str(tmp_path), image, "--property", "INFERENCE_NUM_THREADS"])

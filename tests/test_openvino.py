@@ -155,6 +155,19 @@ def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: li
         assert torch.allclose(shared_result.first_logits, alone_result.first_logits, atol=1e-4)
 
 
+def test_openvino_properties_given_compile_every_graph(f32_export: Path, images: list[Path]) -> None:
+    """``config`` reaches every compiled graph; one thread answers as two do."""
+    default = GenAUOpenVINOInferencer(f32_export)
+    inferencer = GenAUOpenVINOInferencer(f32_export, config={"INFERENCE_NUM_THREADS": 1})
+    graphs = [inferencer.vision_tower, inferencer.embeddings, inferencer.language_model]
+    graphs += [*inferencer.image_tokens.values(), *inferencer.readouts.values()]
+    assert [graph.get_property("INFERENCE_NUM_THREADS") for graph in graphs] == [1] * len(graphs)
+    assert inferencer.language_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # GenAU's own kept
+    one_thread, two = inferencer.predict(images[0]), default.predict(images[0])
+    assert np.abs(one_thread.anomaly_map - two.anomaly_map).max() < 1e-5
+    assert one_thread.explanation == two.explanation
+
+
 def test_bf16_within_documented_tolerance(trained_module: GenAU, f32_export: Path, images: list[Path]) -> None:
     from anomalib_genau.data.images import read_rgb
 

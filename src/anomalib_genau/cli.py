@@ -183,6 +183,17 @@ def _image_paths(items: Sequence[Path]) -> list[Path]:
     return [path for item in items for path in (sorted(item.rglob("*.png")) if item.is_dir() else [item])]
 
 
+def _openvino_properties(pairs: Sequence[str]) -> dict[str, int | str]:
+    """``["KEY=VALUE", ...]`` as OpenVINO properties, integer values as integers."""
+    properties: dict[str, int | str] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key or not value:
+            raise SystemExit(f"anomalib-genau infer: --property takes KEY=VALUE, got '{pair}'.")
+        properties[key] = int(value) if value.lstrip("-").isdigit() else value
+    return properties
+
+
 def infer(args: argparse.Namespace) -> None:
     """Answer images with an OpenVINO export: one JSON line per image, masks written as PNG."""
     import numpy as np
@@ -191,10 +202,14 @@ def infer(args: argparse.Namespace) -> None:
     from anomalib_genau.data.images import BrokenImageError
     from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer
 
+    properties = _openvino_properties(args.property or [])
     try:
-        inferencer = GenAUOpenVINOInferencer(args.export, precision=args.precision)
+        inferencer = GenAUOpenVINOInferencer(args.export, precision=args.precision, config=properties)
     except ExportError as error:
         raise SystemExit(f"anomalib-genau infer: {error}") from None
+    except RuntimeError as error:  # OpenVINO refused a property; its last line says which and why
+        reason = str(error).strip().splitlines()[-1]
+        raise SystemExit(f"anomalib-genau infer: cannot compile with {properties}: {reason}") from None
     paths = _image_paths(args.images)
     if args.masks:
         args.masks.mkdir(parents=True, exist_ok=True)
@@ -269,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     inference.add_argument("--dataset", default="MVTecAD", help="taxonomy of --category: MVTecAD, Visa, MPDD, RealIAD")
     inference.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     inference.add_argument("--masks", type=Path, help="folder for the predicted masks (PNG)")
+    inference.add_argument(
+        "--property",
+        action="append",
+        help="OpenVINO property KEY=VALUE for every graph (repeatable), e.g. DYNAMIC_QUANTIZATION_GROUP_SIZE=128",
+    )
     inference.set_defaults(handler=infer)
 
     args = parser.parse_args(argv)
