@@ -40,7 +40,7 @@ import torch
 
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from inference import decoder_stage, image_flops, matmul_peak, short_answer_tokens
-from timing import StageClock, median_seconds
+from timing import StageClock, cpu_description, median_seconds
 
 # backend name -> (export weights, inference precision, further OpenVINO properties)
 BACKENDS = {
@@ -229,7 +229,7 @@ def print_ratios(rows: list[tuple]) -> None:
         if name.startswith("OpenVINO") and name not in {"OpenVINO f32", "OpenVINO bf16"}:
             print(
                 f"{name} vs OpenVINO bf16: {bf16[0]['seconds'] / record['seconds']:.2f}x faster, "
-                f"IR {mib / bf16[1]:.2f} of the size"
+                f"IR {mib / bf16[1]:.3f} of the size"
             )
     for name, (record, _) in by_name.items():
         if name.startswith("OpenVINO"):
@@ -304,6 +304,7 @@ def main() -> None:
         torch.manual_seed(1)
         torch.save(torch.rand(3, size.image_size, size.image_size), image)
         print(f"GenAU {args.size}, one {size.image_size}x{size.image_size} image, {torch.get_num_threads()} threads")
+        print(f"CPU: {cpu_description()}")
         module = build_module(backbone, args.max_new_tokens)
         tokens = module.model.max_new_tokens
         print(f"decoding budget: {tokens} tokens")

@@ -27,7 +27,7 @@ from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.prompts import instruction
-from timing import StageClock, median_seconds
+from timing import StageClock, cpu_description, median_seconds
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
@@ -110,6 +110,7 @@ def main() -> None:
         f"GenAU {args.size}, {image_size}px, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"decoding budget {model.max_new_tokens} tokens"
     )
+    print(f"CPU: {cpu_description()}")
 
     throughput = {}
     for batch in batch_sizes:

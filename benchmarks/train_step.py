@@ -19,7 +19,7 @@ from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.models.genau.loss import GenAULoss
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.prompts import instruction, response
-from timing import median_seconds
+from timing import cpu_description, median_seconds
 
 
 def main() -> None:
@@ -61,6 +61,7 @@ def main() -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"{args.size} GenAU on {torch.get_num_threads()} threads, batch {batch}, {args.image_size}px images")
+    print(f"CPU: {cpu_description()}")
     print(f"parameters: {total:,} ({trainable:,} trainable, {trainable / total:.1%})")
     print(f"training step (fwd + bwd + AdamW): {step * 1000:.0f} ms  ({step / batch * 1000:.0f} ms per image)")
     print(f"inference (prefill + decode + readout): {infer * 1000:.0f} ms  ({infer / batch * 1000:.0f} ms per image)")

@@ -88,7 +88,8 @@ class GenAUOpenVINOInferencer:
         config: Further OpenVINO properties every graph is compiled with, over GenAU's own (as
             ``config`` of anomalib's ``OpenVINOInferencer``), e.g. ``INFERENCE_NUM_THREADS`` or
             ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` (the CPU plugin's INT8 activations for INT8 or
-            INT4 weights; 32 by default, 128 made the 0.5B INT8 prefill ~15% faster, see the README).
+            INT4 weights; 32 by default, 128 made the 0.5B INT8 prefill ~15% faster on a CPU
+            without AMX, see the README).
 
     Raises:
         ExportError: A file is missing or corrupt, or the graphs come from another configuration.
