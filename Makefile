@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint venv clean
 
-$(BIN)/anomalib-genau: pyproject.toml
+# the hook is copied into site-packages (not linked) by the editable install: a change reinstalls
+$(BIN)/anomalib-genau: pyproject.toml src/anomalib_genau_hook.py
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the release this project is tested with (served locally here)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1

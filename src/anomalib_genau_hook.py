@@ -1,9 +1,9 @@
-"""Register GenAU with anomalib lazily: import ``anomalib_genau`` right after ``anomalib.models``.
+"""Register GenAU with anomalib lazily: import its model package right after ``anomalib.models``.
 
 A one-line ``anomalib_genau_hook.pth`` imports this module at interpreter start-up. It
 imports nothing but ``sys`` and ``os`` (both already loaded by ``site``) and puts a finder on
 ``sys.meta_path`` that waits for ``anomalib.models``; once that module has fully executed,
-``anomalib_genau`` is imported, which defines ``GenAU(AnomalibModule)``, so anomalib's
+``anomalib_genau.models.genau`` is imported, which defines ``GenAU(AnomalibModule)``, so anomalib's
 registry (``AnomalibModule.__subclasses__()``) and its CLI find it. Set
 ``ANOMALIB_GENAU_DISABLE_HOOK=1`` to turn the hook off.
 """
@@ -12,7 +12,7 @@ import os
 import sys
 
 _TARGET = "anomalib.models"
-_PLUGIN = "anomalib_genau"
+_PLUGIN = "anomalib_genau.models.genau"  # defines GenAU(AnomalibModule) and registers it
 _state = {"fired": False}
 
 

@@ -27,6 +27,36 @@ def test_interpreter_start_imports_neither_torch_nor_the_plugin() -> None:
     assert _python(code) == "False False True"
 
 
+def test_the_command_help_loads_neither_torch_nor_anomalib() -> None:
+    """``anomalib-genau ... --help`` only builds the parser: the package import is lazy."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from anomalib_genau.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "    main(['export', '--help'])\n"
+        "print('--weights' in out.getvalue(), 'torch' in sys.modules, 'anomalib' in sys.modules)"
+    )
+    assert _python(code) == "True False False"
+
+
+def test_genau_is_imported_on_first_access_and_registered() -> None:
+    code = (
+        "import sys, anomalib_genau\n"
+        "print('anomalib' in sys.modules, 'GenAU' in dir(anomalib_genau))\n"
+        "import anomalib.models\n"
+        "print(anomalib_genau.GenAU is anomalib.models.GenAU, anomalib_genau.GenAU.__module__)\n"
+        "try:\n"
+        "    anomalib_genau.NoSuchName\n"
+        "except AttributeError as error:\n"
+        "    print(error)"
+    )
+    assert _python(code).splitlines() == [
+        "False True",
+        "True anomalib_genau.models.genau.lightning_model",
+        "module 'anomalib_genau' has no attribute 'NoSuchName'",
+    ]
+
+
 def test_get_model_finds_genau_by_name(tiny_backbone: Path) -> None:
     code = (
         "import sys; from anomalib.models import get_model\n"

@@ -1,17 +1,28 @@
 """anomalib-genau: the GenAU vision-language anomaly model as an anomalib plugin.
 
 Installing the package registers ``GenAU`` with anomalib: ``anomalib train --model GenAU``,
-``anomalib.models.get_model("GenAU")`` and ``{"class_path": "GenAU"}`` configs find it.
+``anomalib.models.get_model("GenAU")`` and ``{"class_path": "GenAU"}`` configs find it (see
+``anomalib_genau.models.genau``). Importing this package loads neither anomalib nor torch:
+``GenAU`` is imported on first access, so ``anomalib-genau --help`` and the lightweight
+modules (prompts, taxonomy) start at once.
 """
 
-import anomalib.models as _anomalib_models
-
-from anomalib_genau.models.genau import GenAU
+from typing import Any
 
 __all__ = ["GenAU"]
 __version__ = "0.1.0"
 
-# get_model({"class_path": "GenAU"}) looks the name up on anomalib.models (dotted paths
-# outside anomalib.models are refused by its ALLOWED_MODULES), so expose the class there.
-if not hasattr(_anomalib_models, "GenAU"):
-    _anomalib_models.GenAU = GenAU
+
+def __getattr__(name: str) -> Any:
+    """``GenAU`` on first access (importing it registers it with anomalib)."""
+    if name == "GenAU":
+        from anomalib_genau.models.genau import GenAU
+
+        globals()["GenAU"] = GenAU
+        return GenAU
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
