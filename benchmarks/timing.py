@@ -18,13 +18,15 @@ def cpu_description() -> str:
     info = Path("/proc/cpuinfo")
     if not info.is_file():
         return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in info.read_text().splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    fields: dict[str, str] = {}
+    for line in info.read_text().splitlines():
+        key, separator, value = line.partition(":")
+        if separator:
+            fields.setdefault(key.strip(), value.strip())  # the first core's (all cores are alike)
     flags = set(fields.get("flags", "").split())
-    features = ", ".join(feature for feature in MATMUL_FEATURES if feature in flags) or "none of " + "/".join(
-        MATMUL_FEATURES
-    )
-    return f"{fields.get('model name', platform.machine())} ({features})"
+    features = [feature for feature in MATMUL_FEATURES if feature in flags]
+    listed = ", ".join(features) if features else "none of " + "/".join(MATMUL_FEATURES)
+    return f"{fields.get('model name', platform.machine())} ({listed})"
 
 
 def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 1) -> float:
