@@ -30,6 +30,8 @@ def test_artifact_commands(tmp_path: Path) -> None:
     assert (tmp_path / "tiny" / "config.json").is_file()
     assert (tmp_path / "tiny" / "tokenizer.json").is_file()
     assert (tmp_path / "tiny" / "processor_config.json").is_file()
+    _run(str(BIN / "anomalib-genau"), "tiny-backbone", "pretrained", "--pretrained", cwd=tmp_path)
+    assert (tmp_path / "pretrained" / "pretraining.json").is_file()
     _run(str(BIN / "anomalib-genau"), "synthetic-data", "data", "--n-test-per-defect", "2", cwd=tmp_path)
     assert len(list((tmp_path / "data" / "carpet" / "ground_truth" / "hole").glob("*_mask.png"))) == 2
     _run(str(BIN / "anomalib-genau"), "synthetic-data", "all", "--layout", "all", "--image-size", "32", cwd=tmp_path)
@@ -53,8 +55,17 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
         "carpet",
         "leather",
         "tile",
+        "wood",  # texture families the source never shows
+        "grid",
     }
-    assert len(pictures) == 3 * (12 + 3 * 8)  # one per test image: categories do not overwrite each other
+    assert len(pictures) == 5 * (12 + 3 * 8)  # one per test image: categories do not overwrite each other
+    # the easy and subtle parts, for the untrained and trained model and the training-free reference
+    parts = summary["parts"]
+    assert set(parts) == {"untrained", "trained", "reference"}
+    for part in ("easy", "subtle", "all"):
+        assert 0.5 < parts["reference"][part]["pixel_AUROC"] <= 1
+        assert 0 <= parts["trained"][part]["yes_no_agreement"] <= 1
+        assert "image_AUROC_map_max" in parts["trained"][part]
     checkpoint = next(summary_file.parent.rglob("*.ckpt"))
 
     # the same config through anomalib's own command, after the demo wrote backbone and data

@@ -4,9 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from anomalib_genau.data.synthetic import DEFAULT_CATEGORIES, generate_mvtec_dataset
+from anomalib_genau.data.synthetic import (
+    DEFAULT_CATEGORIES,
+    DEFECT_DRAWERS,
+    UNSEEN_CATEGORIES,
+    _texture,
+    draw_defects,
+    generate_mvtec_dataset,
+    read_difficulty,
+)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -30,22 +38,37 @@ def test_layout_and_determinism(tmp_path: Path) -> None:
     assert len(first) == len(DEFAULT_CATEGORIES) * (2 + 3 + 2 * 3 * 2)
 
 
-def test_masks_cover_the_drawn_defect(tmp_path: Path) -> None:
-    root = generate_mvtec_dataset(tmp_path, n_train=0, n_test_good=0, n_test_per_defect=3, image_size=96)
-    for category, defects in DEFAULT_CATEGORIES.items():
+@pytest.mark.parametrize("subtle", [False, True])
+def test_masks_cover_the_drawn_defect(subtle: bool) -> None:
+    """Inside the mask the texture changed by the defect's contrast; away from it, not at all."""
+    size, rng = 256, np.random.default_rng(0)
+    signs = set()
+    for category, defects in {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}.items():
         for defect in defects:
-            for index in range(3):
-                image = np.asarray(Image.open(root / category / "test" / defect / f"{index:03d}.png"), dtype=float)
-                mask = np.asarray(Image.open(root / category / "ground_truth" / defect / f"{index:03d}_mask.png"))
-                assert set(np.unique(mask)) <= {0, 255}
-                inside = mask == 255
-                assert 0.002 < inside.mean() < 0.3
-                # defect pixels stand out from the texture: their colour is far from the background's
-                background = image[~inside].mean(axis=0)
-                distance = np.linalg.norm(image - background, axis=-1)
-                assert distance[inside].mean() > 2 * distance[~inside].mean()
-                # and are darker (see DEFECT_DRAWERS: the tiny vision tower cannot flag both polarities)
-                assert image[inside].mean() < image[~inside].mean()
+            texture = np.clip(_texture(category, rng, size), 0, 255)
+            image, mask = draw_defects(texture, [DEFECT_DRAWERS.get(defect, DEFECT_DRAWERS["broken"])], rng, subtle)
+            assert set(np.unique(mask)) <= {0, 255}
+            inside = mask == 255
+            assert (0.00002 if subtle else 0.002) < inside.mean() < (0.02 if subtle else 0.3)
+            change = image.astype(float).mean(axis=-1) - texture.mean(axis=-1)
+            far = ~np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(7))).astype(bool)
+            assert np.abs(change[far]).max() < 1  # uint8 rounding only
+            strength = np.abs(change[inside]).mean()
+            assert (5 < strength < 40) if subtle else (strength > 20), (category, defect, strength)
+            signs.add(np.sign(change[inside].mean()))
+    assert signs == {-1.0, 1.0}  # lighter and darker defects both occur
+
+
+def test_difficulty_file_lists_the_subtle_share(tmp_path: Path) -> None:
+    root = generate_mvtec_dataset(tmp_path, n_train=0, n_test_good=0, n_test_per_defect=4, subtle_fraction=0.25)
+    difficulty = read_difficulty(root)
+    anomalous = {p.relative_to(root).as_posix() for p in root.glob("*/test/*/*.png")}
+    assert set(difficulty) == anomalous
+    assert sorted(difficulty.values()).count("subtle") == len(anomalous) // 4
+    with pytest.raises(ValueError, match="subtle_fraction must lie in"):
+        generate_mvtec_dataset(tmp_path / "bad", subtle_fraction=1.5)
+    with pytest.raises(FileNotFoundError, match=r"difficulty\.csv"):
+        read_difficulty(tmp_path / "missing")
 
 
 def test_unknown_defect_is_refused(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ real code paths without network access.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +114,12 @@ def _tokenizer_corpus() -> list[str]:
     return sentences + ["user assistant system You are a helpful assistant."] * 4
 
 
-def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer offline, with Qwen's special tokens and chat template."""
+def build_tiny_tokenizer(vocab_size: int = 512, extra_corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer offline, with Qwen's special tokens and chat template.
+
+    At 512 entries most words are split into pieces; a larger ``vocab_size`` holds the corpus's
+    words whole, as real tokenizers hold common words. ``extra_corpus`` adds sentences.
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -124,7 +129,7 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator([*_tokenizer_corpus(), *extra_corpus], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -187,9 +192,25 @@ def build_random_backbone(directory: str | Path, size: BackboneSize = TINY, seed
         The directory, ready for :func:`load_backbone`.
 
     """
+    model, processor = random_backbone(size, build_tiny_tokenizer(), seed)
+    return save_backbone(model, processor, directory)
+
+
+def save_backbone(
+    model: LlavaOnevisionForConditionalGeneration, processor: LlavaOnevisionProcessor, directory: str | Path
+) -> Path:
+    """Write ``model`` and ``processor`` to ``directory`` (created) for :func:`load_backbone`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def random_backbone(
+    size: BackboneSize, tokenizer: PreTrainedTokenizerFast, seed: int = 0
+) -> tuple[LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor]:
+    """A random-initialised LLaVA-OneVision of dimensions ``size`` and its processor around ``tokenizer``."""
     image_size, patch_size = size.image_size, size.patch_size
     tiles = range(1, size.max_tiles_per_side + 1)
     pinpoints = [[image_size * rows, image_size * cols] for rows in tiles for cols in tiles]
@@ -227,6 +248,9 @@ def build_random_backbone(directory: str | Path, size: BackboneSize = TINY, seed
         max_position_embeddings=32768,
         tie_word_embeddings=True,
         initializer_range=size.initializer_range,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     config = LlavaOnevisionConfig(
         vision_config=vision_config.to_dict(),
@@ -241,6 +265,7 @@ def build_random_backbone(directory: str | Path, size: BackboneSize = TINY, seed
     )
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    # generate() stops at the end of the assistant turn, as with the real checkpoints
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor

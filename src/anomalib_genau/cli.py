@@ -16,10 +16,23 @@ DEMO_DATA_SIZE = {"n_train": 4, "n_test_good": 12, "n_test_per_defect": 8, "imag
 
 
 def tiny_backbone(args: argparse.Namespace) -> None:
-    """Write the tiny random LLaVA-OneVision checkpoint and processor."""
-    from anomalib_genau.backbone import build_tiny_backbone
+    """Write the tiny LLaVA-OneVision checkpoint and processor: random, or pre-trained on generic scenes."""
+    if args.rebuild and not args.pretrained:
+        raise SystemExit("anomalib-genau tiny-backbone: --rebuild goes with --pretrained.")
+    if not args.pretrained:
+        from anomalib_genau.backbone import build_tiny_backbone
 
-    print(build_tiny_backbone(args.directory, seed=args.seed))
+        print(build_tiny_backbone(args.directory, seed=args.seed))
+        return
+    from anomalib_genau.pretraining import PretrainedBackboneError, install_pretrained_backbone, pretrain_tiny_backbone
+
+    if args.rebuild:
+        print(pretrain_tiny_backbone(args.directory, seed=args.seed))
+        return
+    try:
+        print(install_pretrained_backbone(args.directory))
+    except PretrainedBackboneError as error:
+        raise SystemExit(str(error)) from None
 
 
 def synthetic_data(args: argparse.Namespace) -> None:
@@ -31,6 +44,7 @@ def synthetic_data(args: argparse.Namespace) -> None:
         "n_test_good": args.n_test_good,
         "n_test_per_defect": args.n_test_per_defect,
         "image_size": args.image_size,
+        "subtle_fraction": args.subtle_fraction,
     }
     if args.layout == "all":
         for layout, generate in LAYOUT_GENERATORS.items():
@@ -40,15 +54,24 @@ def synthetic_data(args: argparse.Namespace) -> None:
 
 
 def prepare_demo_artifacts(workdir: Path) -> None:
-    """Create the demo's backbone and source/target datasets under ``workdir`` if missing."""
-    from anomalib_genau.backbone import build_tiny_backbone
-    from anomalib_genau.data.synthetic import generate_mvtec_dataset
+    """Install the demo's pre-trained tiny backbone and write the source/target datasets under ``workdir`` if missing.
 
-    if not (workdir / DEMO_BACKBONE / "config.json").is_file():
-        build_tiny_backbone(workdir / DEMO_BACKBONE)
-    for split, seed in (("source", DEMO_SOURCE_SEED), ("target", DEMO_TARGET_SEED)):
-        if not (workdir / DEMO_DATA / split).is_dir():
-            generate_mvtec_dataset(workdir / DEMO_DATA / split, seed=seed, **DEMO_DATA_SIZE)
+    A random tiny backbone left there by an earlier version is replaced.
+    """
+    from anomalib_genau.data.synthetic import DEFAULT_CATEGORIES, UNSEEN_CATEGORIES, generate_mvtec_dataset
+    from anomalib_genau.pretraining import MANIFEST, PretrainedBackboneError, install_pretrained_backbone
+
+    if not (workdir / DEMO_BACKBONE / MANIFEST).is_file():
+        try:
+            install_pretrained_backbone(workdir / DEMO_BACKBONE)
+        except PretrainedBackboneError as error:
+            raise SystemExit(str(error)) from None
+    # the target adds texture families the source never shows
+    target_categories = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
+    splits = (("source", DEMO_SOURCE_SEED, DEFAULT_CATEGORIES), ("target", DEMO_TARGET_SEED, target_categories))
+    for split, seed, categories in splits:
+        if not (workdir / DEMO_DATA / split / "difficulty.csv").is_file():
+            generate_mvtec_dataset(workdir / DEMO_DATA / split, categories, seed=seed, **DEMO_DATA_SIZE)
 
 
 INFERENCE_SWITCHES = ("high_res_readout", "score_fusion")
@@ -77,6 +100,17 @@ def test_variants(model: object, datamodule: object, root: Path) -> dict[str, di
         model.defect_type_mode = mode
     model.visualizer = visualizer
     return results
+
+
+def print_parts(columns: dict[str, dict[str, dict[str, float]]]) -> None:
+    """One row per part and metric, one column per model."""
+    from anomalib_genau.evaluation import PART_METRICS
+
+    print("\n" + f"{'part':<8}{'metric':<22}" + "".join(f"{name:>12}" for name in columns))
+    for part in ("easy", "subtle", "all"):
+        for metric in PART_METRICS:
+            values = "".join(f"{parts[part][metric]:>12.4f}" for parts in columns.values())
+            print(f"{part:<8}{metric:<22}{values}")
 
 
 def chance_type_scores(datamodule: object, draws: int = 20, seed: int = 0) -> dict[str, float]:
@@ -112,11 +146,16 @@ def demo(args: argparse.Namespace) -> None:
     untrained model is tested first, by a separate engine under ``<results>/untrained``, and
     the trained one again with the high-res readout and the score fusion switched and with the
     defect types chosen by likelihood; a chance column gives the type metrics of random
-    answers. All metric sets go to ``demo_metrics.json`` in the run folder, next to the pictures of the
-    visualizer.
+    answers. A second table splits the target into its easy and subtle parts (untrained,
+    trained, and the training-free nearest-neighbour reference on the target's own normal
+    images). All metric sets go to ``demo_metrics.json`` in the run folder, next to the
+    pictures of the visualizer.
     """
     from anomalib.cli import AnomalibCLI
     from anomalib.engine import Engine
+
+    from anomalib_genau.data.synthetic import read_difficulty
+    from anomalib_genau.evaluation import TestRecorder, part_metrics, reference_records
 
     config = Path(args.config)
     if not config.is_file():
@@ -127,20 +166,31 @@ def demo(args: argparse.Namespace) -> None:
     cli = AnomalibCLI(["train", "--config", str(config), *overrides], run=False)
     engine, model, datamodule = cli.engine, cli.model, cli.datamodule
     root = Path(cli.config["train"]["default_root_dir"])
-    baseline = Engine(default_root_dir=root / "untrained", accelerator="cpu", devices=1, logger=False)
+    target_root = Path(cli.config["train"]["data"]["init_args"]["target_root"])
+    difficulty, recorder = read_difficulty(target_root), TestRecorder(target_root)
+    baseline = Engine(
+        default_root_dir=root / "untrained", accelerator="cpu", devices=1, logger=False, callbacks=[recorder]
+    )
     columns = {"untrained": baseline.test(model=model, datamodule=datamodule)[0]}
+    parts = {"untrained": part_metrics(recorder.records, difficulty)}
     start = time.perf_counter()
-    columns["trained"] = engine.train(model=model, datamodule=datamodule)[0]
+    engine.fit(model=model, datamodule=datamodule)
+    engine.trainer.callbacks.append(recorder)  # the trainer exists once fitting starts
+    columns["trained"] = engine.test(model=model, datamodule=datamodule)[0]
     seconds = time.perf_counter() - start
+    parts["trained"] = part_metrics(recorder.records, difficulty)
     columns.update(test_variants(model, datamodule, root))
     columns["chance"] = chance_type_scores(datamodule)
+    categories = sorted({part.category for part in datamodule.test_data.parts})
+    parts["reference"] = part_metrics(reference_records(target_root, categories), difficulty)
     run_dir = Path(engine.trainer.default_root_dir)
     steps = engine.trainer.global_step
-    summary = {**columns, "train_and_test_seconds": seconds, "steps": steps}
+    summary = {**columns, "parts": parts, "train_and_test_seconds": seconds, "steps": steps}
     (run_dir / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     print("\n" + f"{'metric':<34}" + "".join(f"{name:>30}" for name in columns))
     for key in sorted(columns["trained"]):
         print(f"{key:<34}" + "".join(f"{values.get(key, float('nan')):>30.4f}" for values in columns.values()))
+    print_parts(parts)
     print(f"{steps} training steps, train + test {seconds:.1f} s; metrics and pictures in {run_dir}")
 
 
@@ -239,6 +289,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     backbone = commands.add_parser("tiny-backbone", help=tiny_backbone.__doc__)
     backbone.add_argument("directory", type=Path)
     backbone.add_argument("--seed", type=int, default=0)
+    backbone.add_argument(
+        "--pretrained", action="store_true", help="copy the shipped stand-in pre-trained on generic scenes"
+    )
+    backbone.add_argument(
+        "--rebuild", action="store_true", help="with --pretrained: run the pre-training instead of copying"
+    )
     backbone.set_defaults(handler=tiny_backbone)
 
     data = commands.add_parser("synthetic-data", help=synthetic_data.__doc__)
@@ -254,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     data.add_argument("--n-test-good", type=int, default=12)
     data.add_argument("--n-test-per-defect", type=int, default=8)
     data.add_argument("--image-size", type=int, default=128)
+    data.add_argument(
+        "--subtle-fraction", type=float, default=0.5, help="share of subtle (thin, faint, small) defects, in [0, 1]"
+    )
     data.set_defaults(handler=synthetic_data)
 
     run_demo = commands.add_parser("demo", help=demo.__doc__.splitlines()[0])

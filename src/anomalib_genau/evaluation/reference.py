@@ -1,0 +1,82 @@
+"""A training-free reference: nearest-neighbour patches against a category's own normal images.
+
+PatchCore's scoring rule (distance of each test patch to its nearest normal patch, blurred)
+on raw colour patches instead of a pre-trained CNN's features: anomalib's models need
+downloaded backbones, which this project cannot fetch. Each image's mean colour is
+subtracted first, so products that vary in overall tint are compared by their structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from kornia.filters import gaussian_blur2d
+from PIL import Image
+
+from anomalib_genau.evaluation.parts import ImageRecord
+
+
+class NearestNeighbourPatches:
+    """Memory bank of ``patch`` x ``patch`` colour patches of normal images, scored by nearest distance."""
+
+    def __init__(self, size: int = 224, patch: int = 8, stride: int = 4, sigma: float = 4.0) -> None:
+        self.size, self.patch, self.stride, self.sigma = size, patch, stride, sigma
+        self.bank: torch.Tensor | None = None
+
+    def _patches(self, image: torch.Tensor) -> torch.Tensor:
+        """``(3, H, W)`` in [0, 1] -> ``(N, 3 * patch**2)`` patches of the resized, mean-centred image."""
+        image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True)
+        image = image - image.mean(dim=(2, 3), keepdim=True)
+        return F.unfold(image, self.patch, stride=self.stride)[0].T
+
+    def fit(self, normal_images: Sequence[torch.Tensor]) -> NearestNeighbourPatches:
+        """Store every patch of the normal ``(3, H, W)`` images."""
+        if not normal_images:
+            msg = "The reference needs at least one normal image."
+            raise ValueError(msg)
+        self.bank = torch.cat([self._patches(image) for image in normal_images])
+        return self
+
+    @torch.no_grad()
+    def anomaly_map(self, image: torch.Tensor) -> torch.Tensor:
+        """``(size, size)`` distance of each location's patch to its nearest normal patch."""
+        if self.bank is None:
+            msg = "Call fit() with normal images first."
+            raise RuntimeError(msg)
+        patches = self._patches(image)
+        nearest = torch.cat([torch.cdist(chunk, self.bank).amin(dim=1) for chunk in patches.split(1024)])
+        grid = (self.size - self.patch) // self.stride + 1
+        distances = nearest.reshape(1, 1, grid, grid)
+        upsampled = F.interpolate(distances, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        kernel = 2 * round(4 * self.sigma) + 1
+        return gaussian_blur2d(upsampled, (kernel, kernel), (self.sigma, self.sigma))[0, 0]
+
+
+def _read(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def _mask(path: Path, size: int) -> torch.Tensor:
+    mask = Image.open(path).convert("L").resize((size, size), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(mask) > 127)
+
+
+def reference_records(root: str | Path, categories: Sequence[str], size: int = 224) -> list[ImageRecord]:
+    """Score every test image of each MVTec-layout category under ``root`` against its ``train/good``."""
+    root, records = Path(root), []
+    for category in categories:
+        folder = root / category
+        model = NearestNeighbourPatches(size).fit([_read(p) for p in sorted((folder / "train" / "good").glob("*.png"))])
+        for path in sorted((folder / "test").glob("*/*.png")):
+            defect = path.parent.name
+            label = int(defect != "good")
+            mask_path = folder / "ground_truth" / defect / f"{path.stem}_mask.png"
+            mask = _mask(mask_path, size) if label else torch.zeros(size, size, dtype=torch.bool)
+            anomaly_map = model.anomaly_map(_read(path))
+            key = path.relative_to(root).as_posix()
+            records.append(ImageRecord(key, label, mask, anomaly_map, float(anomaly_map.max())))
+    return records

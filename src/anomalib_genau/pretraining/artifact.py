@@ -1,0 +1,108 @@
+"""Build, check and install the pre-trained tiny backbone (a few MB, shipped with the package)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from anomalib_genau.backbone import TINY, build_tiny_tokenizer, random_backbone, save_backbone
+
+from .scenes import corpus
+from .stages import LANGUAGE_SCHEDULE, VISION_SCHEDULE, Log, Schedule, pretrain_language, pretrain_vision_tower
+
+# Bump when the scenes, the stages or the architecture change: an artifact of another version is refused.
+ARTIFACT_VERSION = 1
+MANIFEST = "pretraining.json"
+WEIGHTS = "model.safetensors"
+SHIPPED_BACKBONE = Path(__file__).resolve().parent.parent / "resources" / "genau-tiny-pretrained"
+REBUILD_COMMAND = f"anomalib-genau tiny-backbone {SHIPPED_BACKBONE} --pretrained --rebuild"
+# The whole words of the prompts, answers and scenes fit in under 1024 entries.
+PRETRAINED_VOCAB = 1024
+# Stage-2 scenes at the tower's own size: one AnyRes tile plus the global view (half the cost of 2 x 2 tiles).
+DIALOGUE_IMAGE_SIZE = TINY.image_size
+
+
+class PretrainedBackboneError(RuntimeError):
+    """The pre-trained tiny backbone is missing, corrupt or of another version."""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pretrain_tiny_backbone(
+    directory: str | Path,
+    seed: int = 0,
+    vision: Schedule = VISION_SCHEDULE,
+    language: Schedule = LANGUAGE_SCHEDULE,
+    log: Log | None = print,
+) -> Path:
+    """Pre-train the tiny stand-in (both stages) and write it with its manifest to ``directory``.
+
+    The same seed, schedules, thread count and CPU write the same weights.
+    """
+    start = time.perf_counter()
+    tokenizer = build_tiny_tokenizer(PRETRAINED_VOCAB, corpus())
+    model, processor = random_backbone(TINY, tokenizer, seed)
+    tower = pretrain_vision_tower(model.config.vision_config, processor, vision, seed, log)
+    model.model.vision_tower.load_state_dict(tower)
+    pretrain_language(model, processor, DIALOGUE_IMAGE_SIZE, language, seed, log)
+    directory = save_backbone(model, processor, directory)
+    manifest = {
+        "version": ARTIFACT_VERSION,
+        "seed": seed,
+        "vision_schedule": asdict(vision),
+        "language_schedule": asdict(language),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - start, 1),
+        "sha256": _digest(directory / WEIGHTS),
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory
+
+
+def check_pretrained_backbone(directory: str | Path) -> dict:
+    """The manifest of a pre-trained backbone directory, after checking its version and weights.
+
+    Raises:
+        PretrainedBackboneError: The manifest or weights are missing, of another version or corrupt;
+            the message names the command that rebuilds them.
+
+    """
+    directory = Path(directory)
+    manifest_file, weights = directory / MANIFEST, directory / WEIGHTS
+    rebuild = f"Rebuild it with `{REBUILD_COMMAND}`."
+    if not manifest_file.is_file() or not weights.is_file():
+        msg = f"The pre-trained tiny backbone in '{directory}' is missing ({MANIFEST} or {WEIGHTS}). {rebuild}"
+        raise PretrainedBackboneError(msg)
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as error:
+        msg = f"'{manifest_file}' is not valid JSON ({error}). {rebuild}"
+        raise PretrainedBackboneError(msg) from error
+    if manifest.get("version") != ARTIFACT_VERSION:
+        msg = (
+            f"The pre-trained tiny backbone in '{directory}' is version {manifest.get('version')}; this "
+            f"anomalib-genau needs version {ARTIFACT_VERSION}. {rebuild}"
+        )
+        raise PretrainedBackboneError(msg)
+    if manifest.get("sha256") != _digest(weights):
+        msg = f"'{weights}' does not match its manifest's checksum (corrupt or changed). {rebuild}"
+        raise PretrainedBackboneError(msg)
+    return manifest
+
+
+def install_pretrained_backbone(directory: str | Path, source: str | Path = SHIPPED_BACKBONE) -> Path:
+    """Copy the shipped pre-trained tiny backbone to ``directory`` after checking it (offline, no network)."""
+    check_pretrained_backbone(source)
+    directory = Path(directory)
+    shutil.copytree(source, directory, dirs_exist_ok=True)
+    check_pretrained_backbone(directory)
+    return directory

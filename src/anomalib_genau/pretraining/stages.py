@@ -1,0 +1,186 @@
+"""Pre-train the tiny stand-in on generic scenes: SigLIP's sigmoid loss, then LLaVA-style captioning and VQA.
+
+The real checkpoints read images because SigLIP was trained contrastively on image-text
+pairs and LLaVA-OneVision's projector and decoder on captions and visual questions. The
+tiny stand-in gets the same two stages, on :mod:`~anomalib_genau.pretraining.scenes`:
+
+1. the vision tower, inside a ``SiglipModel`` with a small text tower, learns the sigmoid
+   image-text loss on scene captions (transformers computes it: ``return_loss=True``);
+2. the tower is frozen in a ``LlavaOnevisionForConditionalGeneration``, and the projector,
+   ``image_newline`` and the decoder learn to answer captions and questions, with the LM
+   loss on the answer tokens only.
+
+The loops are written here rather than with Lightning's Trainer: each is a plain AdamW loop
+over freshly generated batches, deterministic by seed, without checkpoints or logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import (
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
+    SiglipConfig,
+    SiglipModel,
+    SiglipVisionConfig,
+)
+
+from .scenes import caption, draw_scene, questions, render
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Steps, batch size and peak learning rate of one stage (linear warm-up, cosine decay)."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+
+
+VISION_SCHEDULE = Schedule(steps=800, batch_size=64, learning_rate=2e-3)
+LANGUAGE_SCHEDULE = Schedule(steps=1500, batch_size=16, learning_rate=2e-3)
+Log = Callable[[str], None]
+
+
+def _optimizer(parameters: list[torch.nn.Parameter], schedule: Schedule) -> tuple[torch.optim.Optimizer, object]:
+    optimizer = torch.optim.AdamW(parameters, lr=schedule.learning_rate, weight_decay=0.01)
+    warmup = max(1, schedule.steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, schedule.steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _pixels(images: list[np.ndarray]) -> torch.Tensor:
+    """``(B, 3, s, s)`` in [-1, 1], as the processor normalises (mean 0.5, std 0.5)."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def pretrain_vision_tower(
+    vision_config: SiglipVisionConfig,
+    processor: LlavaOnevisionProcessor,
+    schedule: Schedule = VISION_SCHEDULE,
+    seed: int = 0,
+    log: Log | None = None,
+) -> dict[str, torch.Tensor]:
+    """Train a SigLIP vision tower with the sigmoid image-text loss on scene captions.
+
+    Returns:
+        The tower's state dict, without SigLIP's pooling head (LLaVA's tower has none).
+
+    """
+    tokenizer = processor.tokenizer
+    text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+    special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id}
+    config = SiglipConfig(
+        text_config={**text, **special, "vocab_size": len(tokenizer), "max_position_embeddings": 48},
+        vision_config={**vision_config.to_dict(), "vision_use_head": True},
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config).train()
+    optimizer, scheduler = _optimizer(list(model.parameters()), schedule)
+    rng = np.random.default_rng(seed)
+    size = vision_config.image_size
+    for step in range(schedule.steps):
+        scenes = [draw_scene(rng) for _ in range(schedule.batch_size)]
+        images = _pixels([render(scene, rng, size) for scene in scenes])
+        tokens = tokenizer([caption(s) for s in scenes], padding="max_length", max_length=48, return_tensors="pt")
+        loss = model(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=images, return_loss=True
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if log is not None and (step % 100 == 0 or step == schedule.steps - 1):
+            log(f"vision tower step {step}: sigmoid loss {loss.item():.4f}")
+    return {k: v for k, v in model.vision_model.state_dict().items() if not k.startswith("head.")}
+
+
+def _dialogue_batch(
+    processor: LlavaOnevisionProcessor, rng: np.random.Generator, batch_size: int, size: int
+) -> dict[str, torch.Tensor]:
+    """Processor inputs of one question per scene, with ``labels`` on the answer tokens only."""
+    tokenizer = processor.tokenizer
+    images, texts, answers = [], [], []
+    for _ in range(batch_size):
+        scene = draw_scene(rng)
+        pairs = questions(scene, rng)
+        question, answer = pairs[int(rng.integers(len(pairs)))]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        images.append(render(scene, rng, size))
+        texts.append(f"{prompt}{answer}{tokenizer.eos_token}")
+        answers.append(len(tokenizer(f"{answer}{tokenizer.eos_token}", add_special_tokens=False).input_ids))
+    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    labels = torch.full_like(inputs.input_ids, -100)
+    for row, count in enumerate(answers):  # left padding: every answer ends its row
+        labels[row, -count:] = inputs.input_ids[row, -count:]
+    return {**inputs, "labels": labels}
+
+
+@torch.no_grad()
+def image_token_norms(
+    model: LlavaOnevisionForConditionalGeneration, inputs: dict[str, torch.Tensor]
+) -> tuple[float, float]:
+    """Mean norm of the image tokens of ``inputs``'s images and of the text embeddings."""
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+    image = float(torch.cat(list(features.pooler_output)).norm(dim=-1).mean())
+    return image, float(model.get_input_embeddings().weight.norm(dim=-1).mean())
+
+
+@torch.no_grad()
+def match_image_token_scale(model: LlavaOnevisionForConditionalGeneration, inputs: dict[str, torch.Tensor]) -> float:
+    """Scale the projector's output layer so image tokens have the text embeddings' mean norm; returns the factor.
+
+    A random projector on the tower's features emits tokens about 40x the norm of the text
+    embeddings, so the image, not the prompt, fills each position's residual stream. Real
+    checkpoints learned the balance in pre-training; the tiny one starts from it.
+    """
+    image, text = image_token_norms(model, inputs)
+    output_layer = model.model.multi_modal_projector.linear_2
+    output_layer.weight.mul_(text / image)
+    if output_layer.bias is not None:
+        output_layer.bias.mul_(text / image)
+    return text / image
+
+
+def pretrain_language(
+    model: LlavaOnevisionForConditionalGeneration,
+    processor: LlavaOnevisionProcessor,
+    image_size: int,
+    schedule: Schedule = LANGUAGE_SCHEDULE,
+    seed: int = 0,
+    log: Log | None = None,
+) -> None:
+    """Train the projector, ``image_newline`` and decoder to caption scenes and answer questions (tower frozen)."""
+    model.model.vision_tower.requires_grad_(False)
+    parameters = [p for name, p in model.named_parameters() if "vision_tower" not in name]
+    optimizer, scheduler = _optimizer(parameters, schedule)
+    rng = np.random.default_rng(seed + 1)
+    torch.manual_seed(seed + 1)
+    probe = _dialogue_batch(processor, rng, schedule.batch_size, image_size)
+    factor = match_image_token_scale(model, probe)
+    norms = "image tokens' and text embeddings' mean norms {:.2f}, {:.2f}"
+    if log is not None:
+        log(f"projector output scaled by {factor:.4f}: " + norms.format(*image_token_norms(model, probe)))
+    model.train()
+    for step in range(schedule.steps):
+        loss = model(**_dialogue_batch(processor, rng, schedule.batch_size, image_size)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        if log is not None and (step % 100 == 0 or step == schedule.steps - 1):
+            log(f"language step {step}: LM loss {loss.item():.4f}")
+    model.eval()
+    if log is not None:
+        log("after training: " + norms.format(*image_token_norms(model, probe)))

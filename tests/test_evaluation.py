@@ -1,0 +1,64 @@
+"""Held-out evaluation: the easy/subtle split of the metrics and the nearest-neighbour reference."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalib_genau.data.synthetic import generate_mvtec_dataset, read_difficulty
+from anomalib_genau.evaluation import ImageRecord, NearestNeighbourPatches, part_metrics, reference_records
+from anomalib_genau.evaluation.parts import is_clean, says_yes
+
+
+def test_answers_are_read_as_yes_no_and_degenerate_ones_are_not_clean() -> None:
+    assert says_yes(" Yes, hole. [SEG_defect] [SEG_normal]") is True
+    assert says_yes("No, the carpet is normal.") is False
+    assert says_yes("Y, the tr normalet") is None
+    assert is_clean("No, the carpet is normal. [SEG_defect] [SEG_normal]")
+    assert is_clean("Yes, hole.")
+    assert not is_clean("Yes,es,es,es,es")
+    assert not is_clean("Yes, the tYes, the tYes, color")
+
+
+def _record(key: str, label: int, score: float, hot: bool, answer: str) -> ImageRecord:
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 0] = bool(label)
+    anomaly_map = torch.zeros(4, 4)
+    anomaly_map[0, 0] = 1.0 if hot else 0.0
+    return ImageRecord(key, label, mask, anomaly_map, score, answer)
+
+
+def test_parts_hold_every_normal_image_and_their_own_anomalies() -> None:
+    records = [
+        _record("a/test/good/0.png", 0, 0.1, False, "No, the a is normal."),
+        _record("a/test/good/1.png", 0, 0.2, False, "Yes, hole."),
+        _record("a/test/hole/0.png", 1, 0.9, True, "Yes, hole."),  # easy: found
+        _record("a/test/hole/1.png", 1, 0.15, False, "No, the a is normal."),  # subtle: missed
+    ]
+    difficulty = {"a/test/hole/0.png": "easy", "a/test/hole/1.png": "subtle"}
+    parts = part_metrics(records, difficulty)
+    assert parts["easy"]["image_AUROC"] == pytest.approx(1.0)
+    assert parts["subtle"]["image_AUROC"] == pytest.approx(0.5)  # between the two normal scores
+    assert parts["easy"]["pixel_AUROC"] == pytest.approx(1.0)
+    assert parts["subtle"]["pixel_AUROC"] == pytest.approx(0.5)
+    assert parts["easy"]["yes_no_agreement"] == pytest.approx(2 / 3)
+    assert parts["all"]["yes_no_agreement"] == pytest.approx(2 / 4)
+    assert parts["all"]["clean_answers"] == 1.0
+    with pytest.raises(KeyError, match=r"not in difficulty\.csv"):
+        part_metrics(records, {"a/test/hole/0.png": "easy"})
+
+
+def test_reference_flags_defects_its_normal_images_lack(tmp_path: Path) -> None:
+    root = generate_mvtec_dataset(
+        tmp_path, {"tile": ("crack",)}, n_train=2, n_test_good=4, n_test_per_defect=4, image_size=96, seed=5
+    )
+    records = reference_records(root, ["tile"], size=96)
+    assert len(records) == 8
+    assert all(record.anomaly_map.shape == (96, 96) for record in records)
+    parts = part_metrics(records, read_difficulty(root))
+    assert parts["easy"]["pixel_AUROC"] > 0.9
+    assert parts["easy"]["image_AUROC"] > 0.9
+    with pytest.raises(RuntimeError, match="fit"):
+        NearestNeighbourPatches().anomaly_map(torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="at least one normal image"):
+        NearestNeighbourPatches().fit([])

@@ -1,0 +1,91 @@
+"""The pre-trained tiny stand-in: generic scenes, deterministic pre-training, the shipped artifact's checks."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from anomalib_genau.backbone import load_backbone
+from anomalib_genau.pretraining import (
+    REBUILD_COMMAND,
+    SHIPPED_BACKBONE,
+    PretrainedBackboneError,
+    check_pretrained_backbone,
+    install_pretrained_backbone,
+    pretrain_tiny_backbone,
+)
+from anomalib_genau.pretraining.scenes import Mark, Scene, caption, draw_scene, questions, render
+from anomalib_genau.pretraining.stages import Schedule
+from anomalib_genau.taxonomy import load_taxonomy
+
+
+def test_scene_marks_change_their_cell_only_and_are_captioned():
+    mark = Mark("square", "red", "large", row=0, column=2)
+    plain, marked = Scene("plain", "blue", ()), Scene("plain", "blue", (mark,))
+    background = render(plain, np.random.default_rng(3)).astype(float)
+    image = render(marked, np.random.default_rng(3)).astype(float)
+    change = np.abs(image - background).sum(-1)
+    assert change[:37, 75:].mean() > 50  # the top right cell holds the red square
+    assert change[40:, :].max() == 0
+    assert caption(marked) == "A large red square at the top right on a plain blue background."
+    assert caption(plain) == "A plain blue background with no marks."
+    answers = dict(questions(marked, np.random.default_rng(0)))
+    assert answers["What colour is the square at the top right?"] == "Red."
+    assert answers["How many marks are there?"] == "One."
+
+
+def test_scenes_know_no_anomaly_vocabulary():
+    """Pre-training must not see defect-type names: GenAU's fine-tuning teaches defects."""
+    names = {"anomaly", "anomalous", "defect", "defective", "normal"}
+    for products in load_taxonomy().values():
+        for defects in products.values():
+            names.update(str(name).replace("_", " ") for name in defects)
+    rng = np.random.default_rng(0)
+    words = set()
+    for _ in range(300):
+        for question, answer in questions(draw_scene(rng), rng):
+            words.update(question.lower().replace("?", "").replace(".", "").replace(",", "").split())
+            words.update(answer.lower().replace(".", "").replace(",", "").split())
+    # "color"/"colour" and shape words are generic; the taxonomy's defect names otherwise do not occur
+    assert words & names <= {"color", "spot", "line"}
+
+
+def test_pretraining_is_deterministic_and_checked(tmp_path):
+    schedule = Schedule(steps=2, batch_size=4, learning_rate=1e-3)
+    first = pretrain_tiny_backbone(tmp_path / "a", seed=5, vision=schedule, language=schedule, log=None)
+    second = pretrain_tiny_backbone(tmp_path / "b", seed=5, vision=schedule, language=schedule, log=None)
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    assert check_pretrained_backbone(first)["seed"] == 5
+    _, processor = load_backbone(first)
+    assert processor.tokenizer.tokenize("Yes, the carpet is normal.")[:3] == ["Yes", ",", "Ġthe"]
+
+    (second / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(PretrainedBackboneError, match="corrupt") as corrupt:
+        check_pretrained_backbone(second)
+    assert REBUILD_COMMAND in str(corrupt.value)
+    manifest = json.loads((first / "pretraining.json").read_text())
+    (first / "pretraining.json").write_text(json.dumps({**manifest, "version": 0}))
+    with pytest.raises(PretrainedBackboneError, match="version 0"):
+        check_pretrained_backbone(first)
+    with pytest.raises(PretrainedBackboneError, match="missing"):
+        install_pretrained_backbone(tmp_path / "c", source=tmp_path / "nowhere")
+
+
+def test_shipped_backbone_installs_offline_and_reads_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = install_pretrained_backbone(tmp_path / "genau-tiny")
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in SHIPPED_BACKBONE.iterdir())
+    model, processor = load_backbone(directory)
+    model.eval()
+    # pre-trained image reading: the described colour of a lone large mark is the answer
+    scene = Scene("plain", "gray", (Mark("circle", "red", "large", 1, 1),))
+    image = render(scene, np.random.default_rng(0), 112)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many marks are there?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert processor.tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True) == "One."
+    shutil.rmtree(directory)
