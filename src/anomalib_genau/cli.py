@@ -58,7 +58,12 @@ def prepare_demo_artifacts(workdir: Path) -> None:
 
     A random tiny backbone left there by an earlier version is replaced.
     """
-    from anomalib_genau.data.synthetic import DEFAULT_CATEGORIES, UNSEEN_CATEGORIES, generate_mvtec_dataset
+    from anomalib_genau.data.synthetic import (
+        DEFAULT_CATEGORIES,
+        DIFFICULTY_FILE,
+        UNSEEN_CATEGORIES,
+        generate_mvtec_dataset,
+    )
     from anomalib_genau.pretraining import MANIFEST, PretrainedBackboneError, install_pretrained_backbone
 
     if not (workdir / DEMO_BACKBONE / MANIFEST).is_file():
@@ -70,7 +75,7 @@ def prepare_demo_artifacts(workdir: Path) -> None:
     target_categories = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
     splits = (("source", DEMO_SOURCE_SEED, DEFAULT_CATEGORIES), ("target", DEMO_TARGET_SEED, target_categories))
     for split, seed, categories in splits:
-        if not (workdir / DEMO_DATA / split / "difficulty.csv").is_file():
+        if not (workdir / DEMO_DATA / split / DIFFICULTY_FILE).is_file():
             generate_mvtec_dataset(workdir / DEMO_DATA / split, categories, seed=seed, **DEMO_DATA_SIZE)
 
 
