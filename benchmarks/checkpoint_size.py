@@ -20,6 +20,7 @@ import torch
 
 from anomalib_genau import GenAU
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
+from anomalib_genau.models.genau.checkpoint import slim_state_dict
 
 
 def main() -> None:
@@ -33,8 +34,7 @@ def main() -> None:
         model = GenAU(backbone=str(backbone))
         state = model.state_dict()
         full_bytes = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
-        for key in model._backbone_keys(state):  # exactly what on_save_checkpoint drops
-            del state[key]
+        slim_state_dict(state, model.trainable_keys())  # exactly what on_save_checkpoint drops
         path = Path(directory) / "adapter.pt"
         torch.save(state, path)
         adapter_bytes = os.path.getsize(path)

@@ -12,7 +12,7 @@ model never stops by itself, a trained one stops there.
 - latency per image (median) of torch eager fp32 and of the OpenVINO export run as f32
   (f32 weights, f32 inference), bf16 (fp16 weights, bf16 inference), INT8 (NNCF INT8
   weights, bf16 inference), INT8 PTQ (NNCF INT8 weights and activations for the decoder,
-  INT8 weights elsewhere, calibrated on ``--calibration-images`` other random images) and, with
+  INT8 weights elsewhere, calibrated on ``--quantization-images`` other random images) and, with
   ``--int4``, INT4 (NNCF INT4 decoder weights, bf16 inference) and, with ``--dq-group-size N``,
   INT8 weights with the CPU plugin's dynamic INT8 activations in groups of N (default 32);
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
-from inference import decoder_stage, image_flops, matmul_peak, short_answer_tokens
+from inference import decoder_stage, image_flops, matmul_peak, prompt_length, short_answer_tokens
 from timing import StageClock, cpu_description, median_seconds
 
 # backend name -> (export weights, inference precision, further OpenVINO properties)
@@ -250,16 +250,14 @@ def folder_mib(path: Path) -> float:
 
 
 def openvino_rows(
-    module: torch.nn.Module, root: Path, backends: dict, calibration: list, image: Path, repeats: int
+    module: torch.nn.Module, root: Path, backends: dict, quantization_images: list, image: Path, repeats: int
 ) -> list[tuple]:
     """Export each weight format once and time each backend on it in its own process."""
-    from anomalib_genau.deploy import export_openvino
-
     exports, rows = {}, []  # weights -> (manifest, export seconds)
     for name, (weights, precision, properties) in backends.items():
         if weights not in exports:
             start = time.perf_counter()
-            manifest = export_openvino(module, root / weights, weights=weights, calibration=calibration)
+            manifest = module.export_openvino(root / weights, weights=weights, quantization_images=quantization_images)
             exports[weights] = (manifest, time.perf_counter() - start)
         manifest, exported = exports[weights]
         record = in_subprocess(
@@ -277,7 +275,7 @@ def main() -> None:
         "--max-new-tokens", type=int, default=None, help="decoding budget (default: the short answer's length)"
     )
     parser.add_argument("--int4", action="store_true", help="also export and time INT4 decoder weights")
-    parser.add_argument("--calibration-images", type=int, default=4, help="images that calibrate INT8 PTQ")
+    parser.add_argument("--quantization-images", type=int, default=4, help="images that calibrate INT8 PTQ")
     parser.add_argument(
         "--dq-group-size",
         type=int,
@@ -308,19 +306,21 @@ def main() -> None:
         module = build_module(backbone, args.max_new_tokens)
         tokens = module.model.max_new_tokens
         print(f"decoding budget: {tokens} tokens")
-        calibration = [(torch.rand(3, size.image_size, size.image_size), None) for _ in range(args.calibration_images)]
+        quantization_images = [
+            (torch.rand(3, size.image_size, size.image_size), None) for _ in range(args.quantization_images)
+        ]
         start_peak = peaks()
         reference = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens))
         rows = [("torch eager fp32", reference, None, None)]
         backends = {**BACKENDS, **(INT4 if args.int4 else {})}
         if args.dq_group_size:
             backends |= dynamic_quantization_backend(args.dq_group_size)
-        rows += openvino_rows(module, root, backends, calibration, image, repeats)
+        rows += openvino_rows(module, root, backends, quantization_images, image, repeats)
         print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
         # the random model never emits the segmentation tokens: it decodes the whole budget
-        encoded = module.model.encode(torch.rand(1, 3, size.image_size, size.image_size), None)
-        flops = image_flops(module.model, encoded, tokens)
-        prefill_tokens = int(encoded["attention_mask"].sum())
+        probe = torch.rand(1, 3, size.image_size, size.image_size)
+        flops = image_flops(module.model, probe, tokens)
+        prefill_tokens = prompt_length(module.model, probe)
 
     print_table(rows)
     print_profile(rows, flops, prefill_tokens, tokens, start_peak)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from anomalib_genau import prompts
 from anomalib_genau.data.images import read_rgb
-from anomalib_genau.deploy import GenAUOpenVINOInferencer, export_openvino
+from anomalib_genau.deploy import GenAUOpenVINOInferencer
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.taxonomy import object_name, product_candidates
 
@@ -41,17 +41,19 @@ def test_images(root: Path, category: str) -> list[tuple[Path, Path | None]]:
     return items
 
 
-def torch_answer(module: GenAU, path: Path, category: str) -> tuple[float, bool, np.ndarray, str]:
+def torch_answer(module: GenAU, path: Path, category: str) -> tuple[float, bool, np.ndarray, list[str]]:
     pixels = module.pre_processed(read_rgb(path)[None])
     name = object_name(category)
     candidates = product_candidates("mvtec_ad", category)
     with torch.no_grad():
-        batch = module.post_processor(module.model.inspect(pixels, [prompts.instruction(name)]).batch)
-        types = module.model.predict_types(pixels, [prompts.type_instruction(name, candidates)], [candidates]).types[0]
-    return float(batch.pred_score[0]), bool(batch.pred_label[0]), batch.anomaly_map[0, 0].numpy(), ", ".join(types)
+        inspection = module.model.inspect(pixels, [prompts.instruction(name)])
+        batch = module.post_processor(inspection.batch)
+        question = [prompts.type_instruction(name, candidates)]
+        types = module.model.predict_types(inspection.vision, question, [candidates]).types[0]
+    return float(batch.pred_score[0]), bool(batch.pred_label[0]), batch.anomaly_map[0, 0].numpy(), types
 
 
-def calibration_images(module: GenAU, root: Path, categories: list[str], count: int) -> list[tuple]:
+def quantization_images(module: GenAU, root: Path, categories: list[str], count: int) -> list[tuple]:
     """The first ``count`` normal training images of each category, pre-processed, with its prompt."""
     return [
         (module.pre_processed(read_rgb(path)[None])[0], prompts.instruction(object_name(category)))
@@ -88,20 +90,22 @@ def main() -> None:
     parser.add_argument("--ckpt-path", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="MVTec-layout root of the test categories")
     parser.add_argument("--categories", nargs="+", required=True)
-    parser.add_argument("--calibration-images", type=int, default=4, help="INT8 PTQ: training images per category")
+    parser.add_argument("--quantization-images", type=int, default=4, help="INT8 PTQ: training images per category")
     args = parser.parse_args()
 
     module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu", weights_only=False).eval()
     items = [(category, item) for category in args.categories for item in test_images(args.data, category)]
     reference = [torch_answer(module, path, category) for category, (path, _) in items]
     rows = {"torch eager fp32": reference}
-    calibration = calibration_images(module, args.data, args.categories, args.calibration_images)
+    images = quantization_images(module, args.data, args.categories, args.quantization_images)
     with tempfile.TemporaryDirectory() as tmp:
         for weights in WEIGHTS:
-            manifest = export_openvino(module, Path(tmp) / weights, weights=weights, calibration=calibration)
+            manifest = module.export_openvino(Path(tmp) / weights, weights=weights, quantization_images=images)
             inferencer = GenAUOpenVINOInferencer(manifest)
             answers = [inferencer.predict(path, category=category) for category, (path, _) in items]
-            rows[f"OpenVINO {weights}"] = [(a.pred_score, a.pred_label, a.anomaly_map, a.defect_type) for a in answers]
+            rows[f"OpenVINO {weights}"] = [
+                (a.pred_score, a.pred_label, a.anomaly_map, a.pred_defect_type) for a in answers
+            ]
     plain_items = [item for _, item in items]
     print(f"{len(items)} test images of {', '.join(args.categories)}")
     print("| backend | image AUROC | pixel AUROC | labels as torch | types as torch | max map diff |")

@@ -26,6 +26,7 @@ from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.torch_model import GenAUModel
+from anomalib_genau.models.genau.vision import view_counts
 from anomalib_genau.prompts import instruction
 from timing import StageClock, cpu_description, median_seconds
 
@@ -47,12 +48,20 @@ def linear_parameters(module: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
 
 
-def image_flops(model: GenAUModel, encoded: dict[str, torch.Tensor], answer_tokens: int) -> float:
-    """FLOPs of one image's inference: vision tower over its views, prefill and decoding."""
+def prompt_length(model: GenAUModel, image: torch.Tensor) -> int:
+    """Tokens of the inspection prompt on a ``(1, 3, H, W)`` image, its image tokens included."""
+    with torch.no_grad():
+        return int(model.prompts(model.see(image), [instruction("carpet")]).attention_mask[0].sum())
+
+
+def image_flops(model: GenAUModel, image: torch.Tensor, answer_tokens: int) -> float:
+    """FLOPs of one ``(1, 3, H, W)`` image's inference: vision tower over its views, prefill and decoding."""
     llava = model.llava
     vision_config, text_config = llava.config.vision_config, llava.config.text_config
-    count = model.view_counts(encoded["image_sizes"])[0]
-    views = len(distinct_views(encoded["pixel_values"][0][:count], [count])[0])  # the views the tower runs on
+    processed = model.processor.image_processor(images=list(image), return_tensors="pt", do_rescale=False)
+    count = view_counts(llava, processed["image_sizes"])[0]
+    views = len(distinct_views(processed["pixel_values"][0][:count], [count])[0])  # the views the tower runs on
+
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
     vision = views * transformer_flops(
         linear_parameters(llava.model.vision_tower),
@@ -62,7 +71,7 @@ def image_flops(model: GenAUModel, encoded: dict[str, torch.Tensor], answer_toke
         causal=False,
     )
     decoder = llava.model.language_model
-    tokens = int(encoded["attention_mask"][0].sum())
+    tokens = prompt_length(model, image)
     prefill = transformer_flops(
         linear_parameters(decoder), text_config.num_hidden_layers, text_config.hidden_size, tokens, causal=True
     )
@@ -83,7 +92,8 @@ def short_answer_tokens(model: GenAUModel) -> int:
     What a trained model decodes; a random model never emits the segmentation tokens, so the
     benchmarks give it this budget to decode the same number of tokens.
     """
-    return len(model.tokenizer(prompts.response("carpet", ["hole"]), add_special_tokens=False)["input_ids"])
+    tokenizer = model.processor.tokenizer
+    return len(tokenizer(prompts.response("carpet", ["hole"]), add_special_tokens=False)["input_ids"])
 
 
 def main() -> None:
@@ -124,19 +134,17 @@ def main() -> None:
         )
 
     image = torch.rand(1, 3, image_size, image_size)
-    encoded = model.encode(image, [instruction("carpet")])
     clock = StageClock()
     model.llava.forward = clock.wrap(decoder_stage, model.llava.forward)
     stages = clock.median_stages(lambda: model.inspect(image, [instruction("carpet")]), repeats)
     del model.llava.forward  # the class's own forward again
     generated = model.max_new_tokens  # the random model decodes the whole budget
+    flops = image_flops(model, image, generated)
     print(
-        f"prefill ({int(encoded['attention_mask'].sum())} tokens): {stages['prefill'] * 1000:.1f} ms; "
+        f"prefill ({prompt_length(model, image)} tokens): {stages['prefill'] * 1000:.1f} ms; "
         f"decoding {generated} tokens in {clock.calls['decoding']} passes: {stages['decoding'] * 1000:.1f} ms, "
         f"{stages['decoding'] / stages['prefill']:.1%} of the prefill"
     )
-
-    flops = image_flops(model, encoded, generated)
     seconds = median_seconds(lambda: model.inspect(image, [instruction("carpet")]), repeats)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16_seconds = median_seconds(lambda: model.inspect(image, [instruction("carpet")]), repeats)

@@ -3,8 +3,9 @@
 A one-line ``anomalib_genau_hook.pth`` imports this module at interpreter start-up. It
 imports nothing but ``sys`` and ``os`` (both already loaded by ``site``) and puts a finder on
 ``sys.meta_path`` that waits for ``anomalib.models``; once that module has fully executed,
-``anomalib_genau.models.genau`` is imported, which defines ``GenAU(AnomalibModule)``, so anomalib's
-registry (``AnomalibModule.__subclasses__()``) and its CLI find it. Set
+``anomalib_genau.models.genau.lightning_model`` is imported, which defines
+``GenAU(AnomalibModule)``, so anomalib's registry (``AnomalibModule.__subclasses__()``) and
+its CLI find it. Set
 ``ANOMALIB_GENAU_DISABLE_HOOK=1`` to turn the hook off.
 """
 
@@ -12,7 +13,7 @@ import os
 import sys
 
 _TARGET = "anomalib.models"
-_PLUGIN = "anomalib_genau.models.genau"  # defines GenAU(AnomalibModule) and registers it
+_PLUGIN = "anomalib_genau.models.genau.lightning_model"  # defines GenAU(AnomalibModule) and registers it
 _state = {"fired": False}
 
 

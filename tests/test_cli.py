@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from anomalib_genau import choices
 from anomalib_genau.cli import main
+from anomalib_genau.demo import DEMO_CONFIG, INFERENCE_SWITCHES, run_ablations
 
 BIN = Path(sys.executable).parent
 # the model of configs/genau_tiny.yaml, for the commands that take no config
@@ -94,7 +97,7 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     assert len(list((tmp_path / "predictions").rglob("images/**/*.png"))) == count, predicted.stdout
     records = [json.loads(line) for line in next((tmp_path / "predictions").rglob("predictions.jsonl")).open()]
     assert len(records) == count
-    assert set(records[0]) == {"image_path", "pred_score", "pred_label", "defect_type", "explanation", "mask_path"}
+    assert set(records[0]) == {"image_path", "pred_score", "pred_label", "pred_defect_type", "explanation", "mask_path"}
     assert all(Path(record["mask_path"]).is_file() for record in records)
     assert {record["image_path"] for record in records} == {str(path) for path in images.glob("*.png")}
 
@@ -117,10 +120,10 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     export = tmp_path / "exported" / "weights" / "openvino"
     assert json.loads((export / "genau.json").read_text())["weights"] == "int8_ptq"
     # the same quantization through anomalib-genau's command, calibrated on image files
-    calibration = images.parents[1] / "train" / "good"
+    quantization = images.parents[1] / "train" / "good"
     listed = _run(
         *(str(BIN / "anomalib-genau"), "export", "--ckpt-path", str(checkpoint), "--export-root", "exported_cli"),
-        *("--weights", "int8_ptq", "--calibration-images", str(calibration), "--calibration-count", "2"),
+        *("--weights", "int8_ptq", "--quantization-images", str(quantization), "--quantization-count", "2"),
         *("--category", "carpet"),
         cwd=tmp_path,
     )
@@ -136,21 +139,92 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     deployed = {record["image_path"]: record for record in map(json.loads, inferred.stdout.strip().splitlines())}
     assert set(deployed) == {record["image_path"] for record in records}
     for record in deployed.values():  # parity with torch is tested image by image in test_openvino.py
+        assert set(record) == set(records[0]) | {"input_size"}  # one schema: predictions.jsonl's fields
         assert 0.0 <= record["pred_score"] <= 1.0
         assert isinstance(record["pred_label"], bool)
         assert record["input_size"] == [224, 224]  # the pre-processor's size of genau_tiny.yaml
         assert Path(tmp_path, record["mask_path"]).is_file()
 
 
-def test_export_takes_calibration_images_with_int8_ptq_only(tmp_path: Path) -> None:
+def test_export_takes_quantization_images_with_int8_ptq_only(tmp_path: Path) -> None:
     checkpoint = str(tmp_path / "model.ckpt")  # refused before it is read
-    with pytest.raises(SystemExit, match="--calibration-images goes with --weights int8_ptq"):
+    with pytest.raises(SystemExit, match="--quantization-images goes with --weights int8_ptq"):
         main(["export", "--ckpt-path", checkpoint, "--weights", "int8_ptq"])
-    with pytest.raises(SystemExit, match="--calibration-images goes with --weights int8_ptq"):
-        main(["export", "--ckpt-path", checkpoint, "--weights", "int8", "--calibration-images", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--quantization-images goes with --weights int8_ptq"):
+        main(["export", "--ckpt-path", checkpoint, "--weights", "int8", "--quantization-images", str(tmp_path)])
 
 
 def test_infer_refuses_a_property_that_is_not_key_value(tmp_path: Path) -> None:
     image = str(tmp_path / "image.png")  # refused before the export or the image is read
     with pytest.raises(SystemExit, match="--property takes KEY=VALUE, got 'INFERENCE_NUM_THREADS'"):
         main(["infer", str(tmp_path), image, "--property", "INFERENCE_NUM_THREADS"])
+
+
+def _ablation_model() -> SimpleNamespace:
+    """The attributes of a GenAU module that the ablations flip, with no model behind them."""
+    switches = SimpleNamespace(high_res_readout=True, score_fusion=True)
+    return SimpleNamespace(model=switches, defect_type_mode="generate", visualizer="pictures")
+
+
+def _switch_state(model: SimpleNamespace) -> tuple:
+    return (*(getattr(model.model, switch) for switch in INFERENCE_SWITCHES), model.defect_type_mode, model.visualizer)
+
+
+def test_ablations_flip_one_switch_at_a_time(tmp_path: Path) -> None:
+    model, seen = _ablation_model(), []
+
+    def run(module: SimpleNamespace, datamodule: object) -> dict[str, float]:
+        seen.append(_switch_state(module))
+        return {"run": float(len(seen))}
+
+    results = run_ablations(model, "datamodule", tmp_path, run=run)
+    assert seen == [(False, True, None, None), (True, False, None, None), (True, True, "likelihood", None)]
+    assert results == {
+        "high_res_readout=False": {"run": 1.0},
+        "score_fusion=False": {"run": 2.0},
+        "defect_type_mode=likelihood": {"run": 3.0},
+    }
+    assert _switch_state(model) == (True, True, "generate", "pictures")
+
+
+@pytest.mark.parametrize("failing_run", [0, 1, 2])
+def test_ablation_switches_are_restored_when_a_run_fails(tmp_path: Path, failing_run: int) -> None:
+    model, calls = _ablation_model(), []
+
+    def run(module: SimpleNamespace, datamodule: object) -> dict[str, float]:
+        calls.append(_switch_state(module))
+        if len(calls) > failing_run:
+            raise RuntimeError("test pass failed")
+        return {}
+
+    with pytest.raises(RuntimeError, match="test pass failed"):
+        run_ablations(model, "datamodule", tmp_path, run=run)
+    assert len(calls) == failing_run + 1
+    assert _switch_state(model) == (True, True, "generate", "pictures")
+
+
+def test_command_choices_are_the_values_of_the_modules_that_take_them() -> None:
+    from anomalib_genau.data.sources import DATASET_SOURCES
+    from anomalib_genau.data.synthetic import LAYOUT_GENERATORS
+    from anomalib_genau.deploy import export, inferencer
+
+    assert tuple(DATASET_SOURCES) == tuple(LAYOUT_GENERATORS) == choices.DATASETS
+    assert tuple(export.WEIGHT_FORMATS) == choices.WEIGHT_FORMATS
+    assert tuple(inferencer.PRECISIONS) == choices.PRECISIONS
+
+
+def test_the_commands_offer_those_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "{" + ",".join(choices.WEIGHT_FORMATS) + "}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["infer", "--help"])
+    out = capsys.readouterr().out
+    assert "{" + ",".join(choices.PRECISIONS) + "}" in out
+    assert "{" + ",".join(choices.DATASETS) + "}" in out
+    with pytest.raises(SystemExit):
+        main(["synthetic-data", "--help"])
+    assert "{" + ",".join([*choices.DATASETS, "all"]) + "}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert f"(default: {DEMO_CONFIG})" in capsys.readouterr().out

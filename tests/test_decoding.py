@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from anomalib_genau.models.genau.decoding import anchor_states, decode_with_anchors, greedy_anchor_decode, next_tokens
+from anomalib_genau.dialogue import TokenPair
+from anomalib_genau.models.genau.decoding import DecodeResult, anchor_states, greedy_anchor_decode, next_tokens
+from anomalib_genau.models.genau.torch_decoding import decode_with_anchors
 from anomalib_genau.models.genau.torch_model import GenAUModel
 
 DEFECT_ID, NORMAL_ID, EOS_ID = 7, 8, 9
+SEG_IDS = TokenPair(normal=NORMAL_ID, defect=DEFECT_ID)
 
 
 def test_next_tokens_follow_the_response_format() -> None:
@@ -15,14 +18,14 @@ def test_next_tokens_follow_the_response_format() -> None:
     logits[:, NORMAL_ID] = 9  # [SEG_normal] may not come before [SEG_defect]
     logits[:, 2] = 5
     emitted = torch.tensor([False, True, False])
-    chosen, forced = next_tokens(logits, 0, 16, DEFECT_ID, NORMAL_ID, [EOS_ID], emitted)
+    chosen, forced = next_tokens(logits, 0, 16, SEG_IDS, [EOS_ID], emitted)
     assert chosen.tolist() == [2, NORMAL_ID, 2]
     assert not forced.any()
-    chosen, forced = next_tokens(logits, 14, 16, DEFECT_ID, NORMAL_ID, [EOS_ID], emitted)
+    chosen, forced = next_tokens(logits, 14, 16, SEG_IDS, [EOS_ID], emitted)
     assert chosen.tolist() == [DEFECT_ID, NORMAL_ID, DEFECT_ID]
     assert forced.tolist() == [True, False, True]
     logits[0, DEFECT_ID] = 20  # emitted freely: not forced
-    chosen, forced = next_tokens(logits, 14, 16, DEFECT_ID, NORMAL_ID, [EOS_ID], emitted)
+    chosen, forced = next_tokens(logits, 14, 16, SEG_IDS, [EOS_ID], emitted)
     assert chosen[0] == DEFECT_ID
     assert not forced[0]
 
@@ -30,10 +33,10 @@ def test_next_tokens_follow_the_response_format() -> None:
 def test_anchor_states_take_the_last_occurrences_in_normal_defect_order() -> None:
     tokens = torch.tensor([[1, DEFECT_ID, 2, DEFECT_ID, NORMAL_ID], [DEFECT_ID, NORMAL_ID, 0, 0, 0]])
     hidden = torch.arange(10, dtype=torch.float).view(2, 5, 1)
-    anchors = anchor_states(hidden, tokens, (DEFECT_ID, NORMAL_ID))
+    anchors = anchor_states(hidden, tokens, SEG_IDS)
     assert anchors.squeeze(-1).tolist() == [[4.0, 3.0], [6.0, 5.0]]
     with pytest.raises(ValueError, match=r"Sequences \[1\] contain no \[SEG_normal\]"):
-        anchor_states(hidden, torch.tensor([[DEFECT_ID, NORMAL_ID], [DEFECT_ID, 1]]), (DEFECT_ID, NORMAL_ID))
+        anchor_states(hidden, torch.tensor([[DEFECT_ID, NORMAL_ID], [DEFECT_ID, 1]]), SEG_IDS)
 
 
 def test_the_segmentation_pair_is_fed_in_one_step_once_every_open_answer_ends() -> None:
@@ -51,7 +54,7 @@ def test_the_segmentation_pair_is_fed_in_one_step_once_every_open_answer_ends() 
     first_logits = torch.zeros(2, vocab)
     first_logits[:, 0] = 1.0
     decoded = greedy_anchor_decode(
-        first_logits, step, torch.tensor([[0, 1], [1, 1]]), torch.tensor([0, 1]), (DEFECT_ID, NORMAL_ID), [EOS_ID], 0, 8
+        first_logits, step, torch.tensor([[0, 1], [1, 1]]), torch.tensor([0, 1]), SEG_IDS, [EOS_ID], 0, 8
     )
     assert decoded.tokens.tolist() == [[0, DEFECT_ID, NORMAL_ID, 0, 0], [0, 1, 2, DEFECT_ID, NORMAL_ID]]
     assert [ids for ids, _, _ in fed] == [
@@ -69,9 +72,16 @@ def test_the_segmentation_pair_is_fed_in_one_step_once_every_open_answer_ends() 
 
 
 def _prefill(model: GenAUModel, images: torch.Tensor, instructions: list[str]) -> tuple[dict, dict]:
-    encoded = model.encode(images, instructions)
-    vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
-    return encoded, model.prefill_inputs(encoded, vision)
+    """The processor's own encoding of images and prompts, and GenAU's prefill of the same."""
+    chats = [model.codec.chat(text) for text in instructions]
+    encoded = model.processor(images=list(images), text=chats, return_tensors="pt", padding=True, do_rescale=False)
+    vision = model.see(images)
+    return encoded, model.prefill_inputs(model.prompts(vision, instructions), vision)
+
+
+def _decode(model: GenAUModel, prefill: dict, max_new_tokens: int) -> DecodeResult:
+    codec = model.codec
+    return decode_with_anchors(model.llava, prefill, codec.seg_ids, codec.banned_ids, codec.pad_id, max_new_tokens)
 
 
 def _teacher_forced(model: GenAUModel, encoded: dict, tokens: torch.Tensor) -> tuple[torch.Tensor, object]:
@@ -87,7 +97,7 @@ def _teacher_forced(model: GenAUModel, encoded: dict, tokens: torch.Tensor) -> t
             image_sizes=encoded["image_sizes"],
             output_hidden_states=True,
         )
-    return anchor_states(output.hidden_states[-1], input_ids, model.seg_ids), output
+    return anchor_states(output.hidden_states[-1], input_ids, model.codec.seg_ids), output
 
 
 def test_cached_decoding_anchors_equal_a_teacher_forced_pass(torch_model: GenAUModel) -> None:
@@ -98,10 +108,10 @@ def test_cached_decoding_anchors_equal_a_teacher_forced_pass(torch_model: GenAUM
     instructions = ["Is there any anomaly on the carpet? If yes, segment it.", "Inspect the tile."]
     encoded, prefill = _prefill(model, images, instructions)
     assert (encoded["attention_mask"][:, 0] == 0).any()
-    decoded = decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 6)
+    decoded = _decode(model, prefill, 6)
     assert decoded.tokens.shape == (2, 6)
     assert decoded.forced.all()  # the random model never emits [SEG_defect] by itself
-    assert decoded.tokens[:, -2:].tolist() == [list(model.seg_ids)] * 2
+    assert decoded.tokens[:, -2:].tolist() == [[model.codec.seg_ids.defect, model.codec.seg_ids.normal]] * 2
     # teacher-forced pass over prompt + generated tokens gives the same final-layer anchor states
     expected, _ = _teacher_forced(model, encoded, decoded.tokens)
     torch.testing.assert_close(decoded.anchors, expected, atol=1e-4, rtol=1e-4)
@@ -123,7 +133,7 @@ def test_decoding_needs_room_for_both_tokens(torch_model: GenAUModel) -> None:
     model = torch_model.eval()
     _, prefill = _prefill(model, torch.rand(1, 3, 112, 112), ["Inspect."])
     with pytest.raises(ValueError, match="at least 2"):
-        decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 1)
+        _decode(model, prefill, 1)
 
 
 def test_decoding_reads_the_trained_token_rows_merged_and_restores_the_base_rows(torch_model: GenAUModel) -> None:
@@ -139,7 +149,7 @@ def test_decoding_reads_the_trained_token_rows_merged_and_restores_the_base_rows
     merged_during_steps = []
     hook = embeddings.register_forward_pre_hook(lambda layer, _: merged_during_steps.append(layer.merged))
     encoded, prefill = _prefill(model, torch.rand(1, 3, 112, 112), ["Inspect the carpet."])
-    decoded = decode_with_anchors(model.llava, prefill, model.seg_ids, model.banned_ids, model.pad_id, 5)
+    decoded = _decode(model, prefill, 5)
     hook.remove()
     # the prefill and every step (the segmentation pair in one) ran on the merged rows, and the
     # base rows are back bit for bit

@@ -18,7 +18,7 @@ from anomalib_genau.data.images import BrokenImageError
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
 from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer, export_openvino
 from anomalib_genau.deploy.inferencer import shared_prefix_length
-from anomalib_genau.deploy.quantization import calibration_samples
+from anomalib_genau.deploy.quantization import quantization_samples
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.taxonomy import product_candidates
 
@@ -47,7 +47,9 @@ def trained_module(tiny_backbone: Path) -> GenAU:
 
 @pytest.fixture(scope="module")
 def f32_export(trained_module: GenAU, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_openvino(trained_module, tmp_path_factory.mktemp("ov") / "f32", SIZES).parent
+    module = trained_module
+    root = tmp_path_factory.mktemp("ov") / "f32"
+    return export_openvino(module.model, module.post_processor, module.export_configuration(), root, SIZES).parent
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +70,15 @@ def torch_reference(module: GenAU, image: torch.Tensor, size: tuple[int, int], c
         inspection = module.model.inspect(pixels, [prompts.instruction(name)])
         batch = module.post_processor(inspection.batch)
         candidates = product_candidates("mvtec_ad", category)
-        types = module.model.predict_types(pixels, [prompts.type_instruction(name, candidates)], [candidates])
+        types = module.model.predict_types(
+            inspection.vision, [prompts.type_instruction(name, candidates)], [candidates]
+        )
     return {
         "score": float(batch.pred_score[0]),
         "label": bool(batch.pred_label[0]),
         "map": batch.anomaly_map[0, 0].numpy(),
         "mask": batch.pred_mask[0, 0].numpy(),
-        "type": ", ".join(types.types[0]),
+        "type": types.types[0],
         "answer": inspection.answers[0],
     }
 
@@ -87,7 +91,7 @@ def test_export_files_and_manifest(f32_export: Path) -> None:
         "vision_tower",
         "embeddings",
         "language_model",
-        *(f"{g}_{h}x{w}" for g in ("image_tokens", "readout") for h, w in SIZES),
+        *(f"{g}_{h}x{w}" for g in ("image_features", "readout") for h, w in SIZES),
     }
     assert set(manifest["files"]) == expected
     for name in expected:
@@ -132,7 +136,7 @@ def test_f32_matches_torch_on_every_size(trained_module: GenAU, f32_export: Path
         assert prediction.pred_label == reference["label"]
         near_threshold = np.abs(reference["map"] - 0.5) < F32_TOLERANCE
         assert (prediction.pred_mask == reference["mask"])[~near_threshold].all()
-        assert prediction.defect_type == reference["type"]
+        assert prediction.pred_defect_type == reference["type"]
         assert prediction.explanation == reference["answer"]
 
 
@@ -141,14 +145,13 @@ def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: li
     inferencer = GenAUOpenVINOInferencer(f32_export)
     pixels = inferencer.prepare(images[0])
     questions = [prompts.instruction("carpet"), prompts.type_instruction("carpet", ["hole", "cut", "color"])]
-    prompt_ids = [inferencer.encode(pixels, question)["input_ids"] for question in questions]
+    image_features, _ = inferencer.see(pixels)
+    prompt_ids = [inferencer.codec.prompts([question], [len(image_features)]).input_ids for question in questions]
     shared = shared_prefix_length(prompt_ids)
-    image_tokens = int((prompt_ids[0] == inferencer.manifest["tokens"]["image_token_id"]).sum())
-    assert image_tokens < shared < min(ids.shape[1] for ids in prompt_ids)
-    views = inferencer.encode(pixels, questions[0])["pixel_values"][0].numpy()
-    image_embeds = inferencer.image_tokens[(112, 112)]([inferencer.vision_tower([views])[0]])[0]
-    together = inferencer._decode(prompt_ids, image_embeds)
-    alone = [inferencer._decode([ids], image_embeds)[0] for ids in prompt_ids]
+    image_tokens = int((prompt_ids[0] == inferencer.codec.image_token_id).sum())
+    assert image_tokens == len(image_features) < shared < min(ids.shape[1] for ids in prompt_ids)
+    together = inferencer._decode(prompt_ids, image_features)
+    alone = [inferencer._decode([ids], image_features)[0] for ids in prompt_ids]
     for shared_result, alone_result in zip(together, alone, strict=True):
         assert torch.equal(shared_result.tokens, alone_result.tokens)
         assert torch.allclose(shared_result.anchors, alone_result.anchors, atol=1e-4)
@@ -160,7 +163,7 @@ def test_openvino_properties_given_compile_every_graph(f32_export: Path, images:
     default = GenAUOpenVINOInferencer(f32_export)
     inferencer = GenAUOpenVINOInferencer(f32_export, config={"INFERENCE_NUM_THREADS": 1})
     graphs = [inferencer.vision_tower, inferencer.embeddings, inferencer.language_model]
-    graphs += [*inferencer.image_tokens.values(), *inferencer.readouts.values()]
+    graphs += [*inferencer.image_features.values(), *inferencer.readouts.values()]
     assert [graph.get_property("INFERENCE_NUM_THREADS") for graph in graphs] == [1] * len(graphs)
     assert inferencer.language_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # GenAU's own kept
     one_thread, two = inferencer.predict(images[0]), default.predict(images[0])
@@ -205,25 +208,25 @@ def test_int8_through_anomalib_export(
     assert abs(prediction.pred_score - reference["score"]) < INT8_TOLERANCE
 
 
-def test_calibration_captures_the_inputs_the_inferencer_feeds_the_graphs(
+def test_quantization_captures_the_inputs_the_inferencer_feeds_the_graphs(
     trained_module: GenAU, f32_export: Path, images: list[Path]
 ) -> None:
-    """INT8 PTQ calibrates the decoder on the prefill's embeddings, mask and positions, as the inferencer feeds them."""
+    """INT8 PTQ quantizes the decoder on the prefill's embeddings, mask and positions, as the inferencer feeds them."""
     inferencer = GenAUOpenVINOInferencer(f32_export)
     fed = []
     infer = inferencer._infer
     inferencer._infer = lambda *inputs: fed.append(inputs) or infer(*inputs)
     pixels = inferencer.prepare(images[0])
     inferencer.predict(pixels)  # no category: one question, the default object
-    (prefill,) = calibration_samples(trained_module.model, [(pixels, None)])
+    (prefill,) = quantization_samples(trained_module.model, [(pixels, None)])
     embeds, attention_mask, position_ids = fed[0]
     assert prefill["inputs_embeds"].shape == embeds.shape
     assert np.abs(prefill["inputs_embeds"] - embeds).max() < 1e-5
     assert np.array_equal(prefill["attention_mask"], attention_mask)
     assert np.array_equal(prefill["position_ids"], position_ids)
     assert np.array_equal(prefill["beam_idx"], [0])
-    with pytest.raises(ValueError, match="at least one calibration image"):
-        calibration_samples(trained_module.model, [])
+    with pytest.raises(ValueError, match="at least one quantization image"):
+        quantization_samples(trained_module.model, [])
 
 
 def test_int8_ptq_through_anomalib_export_calibrates_on_the_datamodule(
@@ -260,20 +263,20 @@ def test_int8_ptq_through_anomalib_export_calibrates_on_the_datamodule(
         assert np.abs(prediction.anomaly_map - reference["map"]).max() < INT8_PTQ_TOLERANCE
         assert abs(prediction.pred_score - reference["score"]) < INT8_PTQ_TOLERANCE
         assert prediction.pred_label == reference["label"]
-        assert prediction.defect_type == reference["type"]
+        assert prediction.pred_defect_type == reference["type"]
 
 
 def test_export_refuses_what_it_cannot_do(trained_module: GenAU, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not 'int8_acq'"):
         trained_module.to_openvino(tmp_path, compression_type=CompressionType.INT8_ACQ)
-    with pytest.raises(ValueError, match="needs calibration images"):
-        export_openvino(trained_module, tmp_path, weights="int8_ptq")
+    with pytest.raises(ValueError, match="needs quantization images"):
+        trained_module.export_openvino(tmp_path, weights="int8_ptq")
     with pytest.raises(NotImplementedError, match="openvino"):
         trained_module.to_onnx(tmp_path)
     with pytest.raises(ValueError, match="Unknown weight format"):
-        export_openvino(trained_module, tmp_path, weights="int3")
+        trained_module.export_openvino(tmp_path, weights="int3")
     with pytest.raises(ValueError, match="at least one patch"):
-        export_openvino(trained_module, tmp_path, [(4, 112)])
+        trained_module.export_openvino(tmp_path, [(4, 112)])
 
 
 def test_bad_images_get_errors_that_name_them(f32_export: Path, tmp_path: Path) -> None:
@@ -289,7 +292,7 @@ def test_bad_images_get_errors_that_name_them(f32_export: Path, tmp_path: Path) 
     with pytest.raises(ValueError, match="Unknown dataset"):
         inferencer.predict(np.zeros((64, 64), dtype=np.uint8), category="carpet", dataset="Kolektor")
     gray = inferencer.predict(np.full((64, 80), 128, dtype=np.uint8), category="widget")  # unknown product: no type
-    assert gray.defect_type == ""
+    assert gray.pred_defect_type is None
     assert gray.anomaly_map.shape == (112, 112)
 
 
@@ -316,10 +319,29 @@ def test_broken_or_mixed_exports_are_refused(f32_export: Path, tmp_path: Path) -
     manifest = json.loads((older / "genau.json").read_text())
     manifest["format"] = 2  # its decoder returned the last position's hidden state only
     (older / "genau.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportError, match=r"format 2, this anomalib-genau reads format 3: export the checkpoint again"):
+    with pytest.raises(ExportError, match=r"format 2, this anomalib-genau reads format 4: export the checkpoint again"):
         GenAUOpenVINOInferencer(older)
 
 
 def test_export_refuses_a_model_without_thresholds(tiny_backbone: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no image threshold"):
-        export_openvino(GenAU(backbone=str(tiny_backbone)), tmp_path)
+        GenAU(backbone=str(tiny_backbone)).export_openvino(tmp_path)
+
+
+TRAINING_STACK = ("lightning", "peft", "anomalib.models", "anomalib_genau.models.genau.lightning_model")
+
+
+def test_deployment_loads_no_training_stack(f32_export: Path, images: list[Path]) -> None:
+    """A fresh interpreter imports the deploy package and answers an image without Lightning or peft."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from anomalib_genau.deploy import GenAUOpenVINOInferencer\n"
+        f"prediction = GenAUOpenVINOInferencer({str(f32_export)!r}).predict({str(images[0])!r}, category='carpet')\n"
+        "assert prediction.pred_defect_type is not None\n"
+        f"print(sorted(name for name in {TRAINING_STACK!r} if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

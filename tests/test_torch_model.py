@@ -6,26 +6,26 @@ from anomalib.data import InferenceBatch
 
 from anomalib_genau.models.genau.loss import GenAULoss
 from anomalib_genau.models.genau.torch_model import GenAUModel
+from anomalib_genau.models.genau.vision import split_views
 
 PROMPTS = ["Is there any anomaly on the carpet? If yes, segment it.", "Check the tile."]
 RESPONSES = ["Yes, hole. [SEG_defect] [SEG_normal]", "No, the tile is normal. [SEG_defect] [SEG_normal]"]
 
 
 def test_labels_cover_the_response_only(torch_model: GenAUModel) -> None:
-    encoded = torch_model.encode(torch.rand(2, 3, 112, 112), PROMPTS)
-    input_ids, attention_mask, labels = torch_model.append_responses(
-        encoded["input_ids"], encoded["attention_mask"], RESPONSES
-    )
-    prompt_length = encoded["input_ids"].shape[1]
+    prompts = torch_model.prompts(torch_model.see(torch.rand(2, 3, 112, 112)), PROMPTS)
+    input_ids, attention_mask, labels = torch_model.append_responses(prompts, RESPONSES)
+    prompt_length = prompts.input_ids.shape[1]
     assert (labels[:, :prompt_length] == -100).all()
-    im_end = torch_model.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokenizer = torch_model.processor.tokenizer
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for row, response in enumerate(RESPONSES):
-        expected = [*torch_model.tokenizer(response, add_special_tokens=False)["input_ids"], im_end]
+        expected = [*tokenizer(response, add_special_tokens=False)["input_ids"], im_end]
         supervised = labels[row][labels[row] != -100].tolist()
         assert supervised == expected
         # the two segmentation tokens close the answer, right before the end of turn
-        assert supervised[-3:-1] == list(torch_model.seg_ids)
-        assert attention_mask[row].sum() == encoded["attention_mask"][row].sum() + len(expected)
+        assert supervised[-3:-1] == [torch_model.codec.seg_ids.defect, torch_model.codec.seg_ids.normal]
+        assert attention_mask[row].sum() == prompts.attention_mask[row].sum() + len(expected)
     image_token = torch_model.llava.config.image_token_index
     assert (input_ids == image_token).sum(dim=1).min() > 0
     assert (labels == image_token).sum() == 0
@@ -33,7 +33,7 @@ def test_labels_cover_the_response_only(torch_model: GenAUModel) -> None:
 
 def test_response_without_segmentation_tokens_is_refused(torch_model: GenAUModel) -> None:
     with pytest.raises(ValueError, match=r"must end with '\[SEG_defect\] \[SEG_normal\]'"):
-        torch_model.response_ids("Yes, hole.")
+        torch_model.codec.response_ids("Yes, hole.")
 
 
 def _step(model: GenAUModel) -> None:
@@ -71,8 +71,8 @@ def test_gradients_reach_trainable_parameters_only(torch_model: GenAUModel) -> N
 def test_an_optimizer_step_changes_the_new_token_rows_only(torch_model: GenAUModel) -> None:
     model = torch_model
     embed = model.llava.get_input_embeddings()
-    old_ids = torch.arange(min(model.seg_ids))
-    new_ids = torch.tensor(model.seg_ids)
+    old_ids = torch.arange(min(model.codec.seg_ids))
+    new_ids = torch.tensor(model.codec.seg_ids)
     before_old, before_new = embed(old_ids).detach().clone(), embed(new_ids).detach().clone()
     vision_before = [p.detach().clone() for p in model.llava.model.vision_tower.parameters()]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -119,7 +119,7 @@ def test_segmentation_tokens_use_spare_embedding_rows_like_qwen2_checkpoints(tin
     tokens = len(processor.tokenizer)
     model.resize_token_embeddings(tokens + 16, mean_resizing=False)
     ids = add_segmentation_tokens(model, processor.tokenizer)
-    assert ids == (tokens, tokens + 1)
+    assert ids == (tokens + 1, tokens)  # (normal, defect); [SEG_defect] is added first
     assert model.get_input_embeddings().num_embeddings == tokens + 16
     rows = model.get_input_embeddings().weight[list(ids)]
     assert torch.isfinite(rows).all()
@@ -172,11 +172,10 @@ def test_high_res_readout_on_a_non_square_image(torch_model: GenAUModel) -> None
     model = torch_model.eval()
     torch.manual_seed(3)
     images = torch.rand(1, 3, 224, 336)  # 2 x 3 tiles of 112 px
-    encoded = model.encode(images, None)
-    vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+    vision = model.see(images)
     assert [tuple(stage.shape) for stage in vision.tile_stages[0]] == [(6, 196, 64)] * 4
     anchors = torch.randn(1, 2, 128)
-    (high_res,) = model.high_res_logits(vision, anchors, encoded["image_sizes"])
+    (high_res,) = model.high_res_logits(vision, anchors)
     assert high_res.shape == (4, 1, 2, 28, 42)  # native resolution of the high-res map
     fused = model(images).anomaly_map
     model.high_res_readout = False
@@ -223,23 +222,37 @@ def test_vision_features_equal_transformers_image_features_with_fewer_tower_view
     model = torch_model.eval()
     torch.manual_seed(4)
     images = [torch.rand(3, 112, 112), torch.rand(3, 112, 224)]  # 1 x 1 grid (its tile is the global view), 1 x 2
-    encoded = model.encode(images, None)
+    encoded = model.processor.image_processor(images=images, return_tensors="pt", do_rescale=False)
     tower_views = []
     model.llava.model.vision_tower.register_forward_hook(lambda _, args, __: tower_views.append(len(args[0])))
     with torch.no_grad():
-        vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
+        vision = model.see(images)
         reference = model.llava.model.get_image_features(
             encoded["pixel_values"], encoded["image_sizes"], output_hidden_states=True, return_dict=True
         )
     assert tower_views == [4, 5]  # 2 + 3 views, the square image's tile run once
-    for tokens, expected in zip(vision.encoder_output.pooler_output, reference.pooler_output, strict=True):
-        assert tokens.shape == expected.shape
-        assert torch.allclose(tokens, expected, atol=1e-5)
-    global_stages, tile_stages = model.split_views(
-        [reference.hidden_states[layer] for layer in model.vision_layers], encoded["image_sizes"]
+    for features, expected in zip(vision.image_features, reference.pooler_output, strict=True):
+        assert features.shape == expected.shape
+        assert torch.allclose(features, expected, atol=1e-5)
+    global_stages, tile_stages = split_views(
+        model.llava, [reference.hidden_states[layer] for layer in model.vision_layers], encoded["image_sizes"]
     )
     for stage, expected in zip(vision.global_stages, global_stages, strict=True):
         assert torch.allclose(stage, expected, atol=1e-5)
     assert torch.allclose(vision.tile_stages[0][0], global_stages[0][:1], atol=1e-5)
     for stage, expected in zip(vision.tile_stages[1], tile_stages[1], strict=True):
         assert torch.allclose(stage, expected, atol=1e-5)
+
+
+def test_prompts_encoded_apart_from_the_images_equal_the_processors(torch_model: GenAUModel) -> None:
+    """The codec tokenizes only the text, its image tokens sized by the features: the processor's ids."""
+    model = torch_model.eval()
+    images = [torch.rand(3, 112, 112), torch.rand(3, 112, 224), torch.rand(3, 224, 140)]
+    instructions = [PROMPTS[0], PROMPTS[1], "Describe the defect."]
+    with torch.no_grad():
+        prompts = model.prompts(model.see(images), instructions)
+    chats = [model.codec.chat(text) for text in instructions]
+    reference = model.processor(images=images, text=chats, return_tensors="pt", padding=True, do_rescale=False)
+    assert torch.equal(prompts.input_ids, reference["input_ids"])
+    assert torch.equal(prompts.attention_mask, reference["attention_mask"])
+    assert int((prompts.input_ids == model.codec.image_token_id).sum()) > 3 * 196

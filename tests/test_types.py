@@ -11,7 +11,7 @@ from anomalib_genau import GenAU, prompts
 from anomalib_genau.data import CrossDataset, GenAUBatch
 from anomalib_genau.data.instruction_file import InstructionFileError
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
-from anomalib_genau.models.genau.decoding import option_log_likelihoods
+from anomalib_genau.models.genau.torch_decoding import option_log_likelihoods
 from anomalib_genau.models.genau.torch_model import GenAUModel
 
 CANDIDATES = [["color", "hole", "tear"], ["crack", "contamination"]]
@@ -24,16 +24,16 @@ def _type_prompts() -> list[str]:
 def test_option_likelihoods_equal_a_full_forward(torch_model: GenAUModel) -> None:
     torch_model.eval()
     images = torch.rand(2, 3, 112, 140)
-    encoded = torch_model.encode(images, _type_prompts())
-    vision = torch_model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
-    options = [[[], *([name] for name in names)] for names in CANDIDATES]
-    ids = [
-        [torch_model.tokenizer(prompts.type_answer(t), add_special_tokens=False)["input_ids"] for t in o]
-        for o in options
-    ]
-    scores = option_log_likelihoods(
-        torch_model.llava, torch_model.prefill_inputs(encoded, vision), ids, torch_model.pad_id
+    chats = [torch_model.codec.chat(text) for text in _type_prompts()]
+    encoded = torch_model.processor(
+        images=list(images), text=chats, return_tensors="pt", padding=True, do_rescale=False
     )
+    vision = torch_model.see(images)
+    tokenizer = torch_model.processor.tokenizer
+    options = [[[], *([name] for name in names)] for names in CANDIDATES]
+    ids = [[tokenizer(prompts.type_answer(t), add_special_tokens=False)["input_ids"] for t in o] for o in options]
+    prefill = torch_model.prefill_inputs(torch_model.prompts(vision, _type_prompts()), vision)
+    scores = option_log_likelihoods(torch_model.llava, prefill, ids, torch_model.codec.pad_id)
     assert [score.shape[0] for score in scores] == [4, 3]
     for row in range(2):
         for k, option in enumerate(ids[row]):
@@ -55,16 +55,16 @@ def test_option_likelihoods_equal_a_full_forward(torch_model: GenAUModel) -> Non
 
 def test_both_type_modes_answer_within_the_candidates(torch_model: GenAUModel) -> None:
     torch_model.eval()
-    images = torch.rand(2, 3, 112, 112)
+    vision = torch_model.see(torch.rand(2, 3, 112, 112))
     for mode in ("generate", "likelihood"):
-        prediction = torch_model.predict_types(images, _type_prompts(), CANDIDATES, mode)
+        prediction = torch_model.predict_types(vision, _type_prompts(), CANDIDATES, mode)
         assert len(prediction.types) == len(prediction.outcomes) == len(prediction.texts) == 2
         for types, names in zip(prediction.types, CANDIDATES, strict=True):
             assert set(types) <= set(names)
     assert set(prediction.outcomes) == {"likelihood"}
-    assert len(torch_model.predict_types(images, _type_prompts(), CANDIDATES, "likelihood").types[0]) <= 1
+    assert len(torch_model.predict_types(vision, _type_prompts(), CANDIDATES, "likelihood").types[0]) <= 1
     with pytest.raises(ValueError, match="Unknown defect type mode 'vote'"):
-        torch_model.predict_types(images, _type_prompts(), CANDIDATES, "vote")
+        torch_model.predict_types(vision, _type_prompts(), CANDIDATES, "vote")
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +141,20 @@ def test_test_step_fills_types_and_reasoning_and_the_map(tiny_backbone: Path, mi
     datamodule.setup()
     batch: GenAUBatch = next(iter(datamodule.test_dataloader()))
     batch = batch.update(image=model.pre_processor.transform(batch.image))
-    tower_calls = []
+    tower_calls, processor_calls = [], []
     model.model.llava.model.vision_tower.register_forward_hook(lambda *_: tower_calls.append(1))
+    image_processor = model.model.processor.image_processor
+    preprocess = image_processor.preprocess
+    image_processor.preprocess = lambda *args, **kwargs: processor_calls.append(1) or preprocess(*args, **kwargs)
     output = model.test_step(batch, 0)
-    assert len(tower_calls) == 1  # the binary, type and reasoning questions share one vision pass
-    candidates = [names.split(", ") for names in batch.type_candidates]
-    unshared = model.model.predict_types(batch.image, batch.type_instruction, candidates, "likelihood")
-    assert output.pred_defect_type == [", ".join(types) for types in unshared.types]
+    del image_processor.preprocess
+    # the binary, type and reasoning questions share one image processing and one vision pass
+    assert len(tower_calls) == len(processor_calls) == 1
+    assert all(isinstance(names, list) and names for names in batch.type_candidates)
+    unshared = model.model.predict_types(
+        model.model.see(batch.image), batch.type_instruction, batch.type_candidates, "likelihood"
+    )
+    assert output.pred_defect_type == unshared.types
     assert output.pred_types.shape == output.gt_types.shape == (3, output.gt_types.shape[1])
     assert (output.pred_types.sum(dim=1) == 1).all()  # likelihood: exactly one option
     assert all(" Describe the defect. " in text for text in output.explanation)

@@ -24,9 +24,9 @@ def _item(explanation: str) -> ImageItem:
 
 def test_caption_joins_type_answer_and_score_and_truncates() -> None:
     assert caption(_item("Yes, tear.")) == "Yes, tear. | score 0.73"
-    typed = GenAUItem(**{**vars(_item("Yes, tear.")), "pred_defect_type": "tear"})
+    typed = GenAUItem(**{**vars(_item("Yes, tear.")), "pred_defect_type": ["tear"]})
     assert caption(typed) == "type: tear | Yes, tear. | score 0.73"
-    normal = GenAUItem(**{**vars(_item("No, the carpet is normal.")), "pred_defect_type": ""})
+    normal = GenAUItem(**{**vars(_item("No, the carpet is normal.")), "pred_defect_type": []})
     assert caption(normal).startswith("type: normal | No, the carpet is normal.")
     long = caption(_item("Ünïcode défaut\n" * 40))
     assert len(long.split(" | ")[0]) == MAX_CAPTION_CHARS

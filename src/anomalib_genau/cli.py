@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-DEMO_BACKBONE = Path("backbones/genau-tiny")
-DEMO_DATA = Path("datasets/genau_synthetic")
-DEMO_CONFIG = Path("configs/genau_tiny.yaml")
-DEMO_SOURCE_SEED, DEMO_TARGET_SEED = 0, 1
-DEMO_DATA_SIZE = {"n_train": 4, "n_test_good": 12, "n_test_per_defect": 8, "image_size": 224}
+from anomalib_genau.choices import DATASETS, PRECISIONS, WEIGHT_FORMATS
 
 
 def tiny_backbone(args: argparse.Namespace) -> None:
@@ -53,170 +48,33 @@ def synthetic_data(args: argparse.Namespace) -> None:
         print(LAYOUT_GENERATORS[args.layout](args.directory, seed=args.seed, **counts))
 
 
-def prepare_demo_artifacts(workdir: Path) -> None:
-    """Install the demo's pre-trained tiny backbone and write the source/target datasets under ``workdir`` if missing.
-
-    A random tiny backbone left there by an earlier version is replaced.
-    """
-    from anomalib_genau.data.synthetic import (
-        DEFAULT_CATEGORIES,
-        DIFFICULTY_FILE,
-        UNSEEN_CATEGORIES,
-        generate_mvtec_dataset,
-    )
-    from anomalib_genau.pretraining import MANIFEST, PretrainedBackboneError, install_pretrained_backbone
-
-    if not (workdir / DEMO_BACKBONE / MANIFEST).is_file():
-        try:
-            install_pretrained_backbone(workdir / DEMO_BACKBONE)
-        except PretrainedBackboneError as error:
-            raise SystemExit(str(error)) from None
-    # the target adds texture families the source never shows
-    target_categories = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
-    splits = (("source", DEMO_SOURCE_SEED, DEFAULT_CATEGORIES), ("target", DEMO_TARGET_SEED, target_categories))
-    for split, seed, categories in splits:
-        if not (workdir / DEMO_DATA / split / DIFFICULTY_FILE).is_file():
-            generate_mvtec_dataset(workdir / DEMO_DATA / split, categories, seed=seed, **DEMO_DATA_SIZE)
-
-
-INFERENCE_SWITCHES = ("high_res_readout", "score_fusion")
-
-
-def test_variants(model: object, datamodule: object, root: Path) -> dict[str, dict[str, float]]:
-    """Test the trained model again with each inference switch flipped, one at a time (no pictures).
-
-    The map and score switches run without the type question (it does not depend on them);
-    a last run answers it by likelihood instead of generation.
-    """
-    from anomalib.engine import Engine
-
-    results = {}
-    visualizer, model.visualizer = model.visualizer, None
-    mode = model.defect_type_mode
-    variants = [(model.model, switch, not getattr(model.model, switch), None) for switch in INFERENCE_SWITCHES]
-    variants.append((model, "defect_type_mode", "likelihood", "likelihood"))
-    for owner, name, value, type_mode in variants:
-        before = getattr(owner, name)
-        setattr(owner, name, value)
-        model.defect_type_mode = type_mode
-        engine = Engine(default_root_dir=root / "ablations", accelerator="cpu", devices=1, logger=False)
-        results[f"{name}={value}"] = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-        setattr(owner, name, before)
-        model.defect_type_mode = mode
-    model.visualizer = visualizer
-    return results
-
-
-def print_parts(columns: dict[str, dict[str, dict[str, float]]]) -> None:
-    """One row per part and metric, one column per model."""
-    from anomalib_genau.evaluation import PART_METRICS
-
-    print("\n" + f"{'part':<8}{'metric':<22}" + "".join(f"{name:>12}" for name in columns))
-    for part in ("easy", "subtle", "all"):
-        for metric in PART_METRICS:
-            values = "".join(f"{parts[part][metric]:>12.4f}" for parts in columns.values())
-            print(f"{part:<8}{metric:<22}{values}")
-
-
-def chance_type_scores(datamodule: object, draws: int = 20, seed: int = 0) -> dict[str, float]:
-    """Weighted P/R/F1 of answering each test image with a uniformly random option (normal or a candidate)."""
-    import random
-    from types import SimpleNamespace
-
-    import torch
-
-    from anomalib_genau.data.dataclasses import type_labels
-    from anomalib_genau.models.genau.metrics import WeightedF1, WeightedPrecision, WeightedRecall
-
-    samples = datamodule.test_data.samples
-    options = {part.category: [[], *([name] for name in part.candidates)] for part in datamodule.test_data.parts}
-    truth = torch.stack([type_labels(t.split(", ") if t else []) for t in samples.defect_type])
-    rng = random.Random(seed)
-    metrics = [WeightedPrecision(prefix="type_"), WeightedRecall(prefix="type_"), WeightedF1(prefix="type_")]
-    totals = dict.fromkeys((metric.name for metric in metrics), 0.0)
-    for _ in range(draws):
-        guess = torch.stack([type_labels(rng.choice(options[category])) for category in samples.category])
-        for metric in metrics:
-            metric.reset()
-            metric.update(SimpleNamespace(pred_types=guess, gt_types=truth))
-            totals[metric.name] += float(metric.compute()) / draws
-    return totals
-
-
 def demo(args: argparse.Namespace) -> None:
     """Train and test GenAU on generated data with the tiny backbone, offline.
 
-    Runs ``configs/genau_tiny.yaml`` through anomalib's CLI classes, like ``anomalib train``:
-    the model trains on the source test split and is tested on the held-out target. The
-    untrained model is tested first, by a separate engine under ``<results>/untrained``, and
-    the trained one again with the high-res readout and the score fusion switched and with the
-    defect types chosen by likelihood; a chance column gives the type metrics of random
-    answers. A second table splits the target into its easy and subtle parts (untrained,
-    trained, and the training-free nearest-neighbour reference on the target's own normal
-    images). All metric sets go to ``demo_metrics.json`` in the run folder, next to the
-    pictures of the visualizer.
+    What ``make demo`` runs; the harness is :func:`anomalib_genau.demo.run_demo`.
     """
-    from anomalib.cli import AnomalibCLI
-    from anomalib.engine import Engine
+    from anomalib_genau.demo import run_demo
 
-    from anomalib_genau.data.synthetic import read_difficulty
-    from anomalib_genau.evaluation import TestRecorder, part_metrics, reference_records
-
-    config = Path(args.config)
-    if not config.is_file():
-        msg = f"Demo config '{config}' not found; run from the repository root or pass --config."
-        raise SystemExit(msg)
-    prepare_demo_artifacts(Path.cwd())
-    overrides = [] if args.epochs is None else [f"--trainer.max_epochs={args.epochs}"]
-    cli = AnomalibCLI(["train", "--config", str(config), *overrides], run=False)
-    engine, model, datamodule = cli.engine, cli.model, cli.datamodule
-    root = Path(cli.config["train"]["default_root_dir"])
-    target_root = Path(cli.config["train"]["data"]["init_args"]["target_root"])
-    difficulty, recorder = read_difficulty(target_root), TestRecorder(target_root)
-    baseline = Engine(
-        default_root_dir=root / "untrained", accelerator="cpu", devices=1, logger=False, callbacks=[recorder]
-    )
-    columns = {"untrained": baseline.test(model=model, datamodule=datamodule)[0]}
-    parts = {"untrained": part_metrics(recorder.records, difficulty)}
-    start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    engine.trainer.callbacks.append(recorder)  # the trainer exists once fitting starts
-    columns["trained"] = engine.test(model=model, datamodule=datamodule)[0]
-    seconds = time.perf_counter() - start
-    parts["trained"] = part_metrics(recorder.records, difficulty)
-    columns.update(test_variants(model, datamodule, root))
-    columns["chance"] = chance_type_scores(datamodule)
-    categories = sorted({part.category for part in datamodule.test_data.parts})
-    parts["reference"] = part_metrics(reference_records(target_root, categories), difficulty)
-    run_dir = Path(engine.trainer.default_root_dir)
-    steps = engine.trainer.global_step
-    summary = {**columns, "parts": parts, "train_and_test_seconds": seconds, "steps": steps}
-    (run_dir / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
-    print("\n" + f"{'metric':<34}" + "".join(f"{name:>30}" for name in columns))
-    for key in sorted(columns["trained"]):
-        print(f"{key:<34}" + "".join(f"{values.get(key, float('nan')):>30.4f}" for values in columns.values()))
-    print_parts(parts)
-    print(f"{steps} training steps, train + test {seconds:.1f} s; metrics and pictures in {run_dir}")
+    run_demo(args.config, epochs=args.epochs)
 
 
 def export(args: argparse.Namespace) -> None:
     """Export a GenAU checkpoint to OpenVINO IR (f32, fp16, INT8 or INT4 weights, or INT8 quantization)."""
     from anomalib_genau.data.images import read_rgb
-    from anomalib_genau.deploy import export_openvino
     from anomalib_genau.models.genau import GenAU
     from anomalib_genau.prompts import instruction
     from anomalib_genau.taxonomy import object_name
 
-    if (args.weights == "int8_ptq") != bool(args.calibration_images):
-        raise SystemExit("anomalib-genau export: --calibration-images goes with --weights int8_ptq, and only with it.")
+    if (args.weights == "int8_ptq") != bool(args.quantization_images):
+        raise SystemExit("anomalib-genau export: --quantization-images goes with --weights int8_ptq, and only with it.")
     module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     sizes = [_size(text) for text in args.input_size] if args.input_size else None
-    calibration = None
-    if args.calibration_images:
+    images = None
+    if args.quantization_images:
         prompt = instruction(object_name(args.category)) if args.category else None
-        paths = _image_paths(args.calibration_images)[: args.calibration_count]
-        calibration = [(module.pre_processed(read_rgb(path)[None])[0], prompt) for path in paths]
-    manifest = export_openvino(module, args.export_root, sizes, args.weights, calibration)
+        paths = _image_paths(args.quantization_images)[: args.quantization_count]
+        images = [(module.pre_processed(read_rgb(path)[None])[0], prompt) for path in paths]
+    manifest = module.export_openvino(args.export_root, sizes, args.weights, images)
     files = sorted(p for p in manifest.parent.rglob("*") if p.is_file())
     for path in files:
         print(f"{path.stat().st_size:>12,d}  {path.relative_to(manifest.parent)}")
@@ -306,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data.add_argument("directory", type=Path)
     data.add_argument(
         "--layout",
-        choices=["MVTecAD", "MPDD", "Visa", "RealIAD", "all"],
+        choices=[*DATASETS, "all"],
         default="MVTecAD",
         help="dataset layout; 'all' writes one sub-folder per layout",
     )
@@ -320,20 +178,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     data.set_defaults(handler=synthetic_data)
 
-    run_demo = commands.add_parser("demo", help=demo.__doc__.splitlines()[0])
-    run_demo.add_argument("--config", default=str(DEMO_CONFIG))
-    run_demo.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
-    run_demo.set_defaults(handler=demo)
+    demo_command = commands.add_parser("demo", help=demo.__doc__.splitlines()[0])
+    demo_command.add_argument("--config", type=Path, help="anomalib config to run (default: configs/genau_tiny.yaml)")
+    demo_command.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
+    demo_command.set_defaults(handler=demo)
 
     exporter = commands.add_parser("export", help=export.__doc__)
     exporter.add_argument("--ckpt-path", type=Path, required=True)
     exporter.add_argument("--export-root", type=Path, default=Path("exported"))
-    exporter.add_argument("--weights", choices=["f32", "fp16", "int8", "int4", "int8_ptq"], default="f32")
+    exporter.add_argument("--weights", choices=WEIGHT_FORMATS, default="f32")
     exporter.add_argument(
-        "--calibration-images", type=Path, nargs="+", help="int8_ptq: image files, or folders searched for *.png"
+        "--quantization-images", type=Path, nargs="+", help="int8_ptq: image files, or folders searched for *.png"
     )
-    exporter.add_argument("--calibration-count", type=int, default=16, help="int8_ptq: calibrate on the first N images")
-    exporter.add_argument("--category", help="int8_ptq: product named in the calibration prompt")
+    exporter.add_argument("--quantization-count", type=int, default=16, help="int8_ptq: quantize on the first N images")
+    exporter.add_argument("--category", help="int8_ptq: product named in the quantization images' prompt")
     exporter.add_argument(
         "--input-size", action="append", help="HxW to export (repeatable); default: the pre-processor's size"
     )
@@ -345,8 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     inference.add_argument(
         "--category", help="product in the prompt; its defect type is asked when the taxonomy has it"
     )
-    inference.add_argument("--dataset", default="MVTecAD", help="taxonomy of --category: MVTecAD, Visa, MPDD, RealIAD")
-    inference.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    inference.add_argument("--dataset", choices=DATASETS, default="MVTecAD", help="taxonomy of --category")
+    inference.add_argument("--precision", choices=PRECISIONS, default="f32")
     inference.add_argument("--masks", type=Path, help="folder for the predicted masks (PNG)")
     inference.add_argument(
         "--property",

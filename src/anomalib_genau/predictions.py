@@ -1,9 +1,11 @@
 """``predictions.jsonl``: one machine-readable record per image predicted by ``anomalib predict``.
 
-Each line holds ``image_path``, ``pred_score``, ``pred_label``, ``defect_type`` (the predicted
-coarse types joined by ``", "``, empty when normal, ``null`` when no type was asked for),
+Each line holds ``image_path``, ``pred_score``, ``pred_label``, ``pred_defect_type`` (the list
+of predicted coarse types, ``[]`` when normal, ``null`` when no type was asked for),
 ``explanation`` (the model's answer text) and ``mask_path``, a PNG of the predicted mask
-(0/255) written next to the file under ``masks/``.
+(0/255) written next to the file under ``masks/``. The field names are anomalib's batch
+fields; ``anomalib-genau infer`` (the OpenVINO inferencer's ``GenAUPrediction.summary``)
+writes the same record plus ``input_size``.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class PredictionWriter(Callback):
             "image_path": image_path,
             "pred_score": None if item.pred_score is None else round(float(item.pred_score), 6),
             "pred_label": None if item.pred_label is None else int(item.pred_label),
-            "defect_type": getattr(item, "pred_defect_type", None),
+            "pred_defect_type": getattr(item, "pred_defect_type", None),
             "explanation": item.explanation,
             "mask_path": mask_path,
         }

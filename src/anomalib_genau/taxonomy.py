@@ -15,6 +15,8 @@ from importlib.resources import files
 
 import yaml
 
+# The taxonomy's key of each anomalib dataset (by datamodule name, as in ``choices.DATASETS``).
+DATASET_KEYS = {"MVTecAD": "mvtec_ad", "MPDD": "mpdd", "Visa": "visa", "RealIAD": "real_iad"}
 NORMAL_NAMES = frozenset({"good", "normal", "ok"})
 NORMAL_LABEL = "normal"
 

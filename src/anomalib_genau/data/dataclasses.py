@@ -5,16 +5,19 @@ Extra fields:
 - ``category`` (product folder), ``defect_type`` (coarse types joined by ``", "``; empty for
   normal images), ``instruction`` and ``response`` (the training target, ending with
   ``[SEG_defect] [SEG_normal]``);
-- ``type_instruction`` and ``type_candidates`` (``", "``-joined): the multi-type question;
+- ``type_instruction`` and ``type_candidates`` (a list of taxonomy names): the multi-type question;
 - ``gt_types`` and ``pred_types``: ``(L,)`` multi-hot labels over
   :func:`~anomalib_genau.taxonomy.type_vocabulary` (``L`` labels, ``normal`` first);
-- ``pred_defect_type``: the predicted types joined by ``", "`` (empty for normal).
+- ``pred_defect_type``: the list of predicted types (``[]`` for normal).
+
+The list fields stay lists of strings in a batch (one list per image): torch's collate would
+transpose them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -45,10 +48,10 @@ class GenAUItem(ImageItem):
     instruction: str | None = None
     response: str | None = None
     type_instruction: str | None = None
-    type_candidates: str | None = None
+    type_candidates: list[str] | None = None
     gt_types: torch.Tensor | None = None
     pred_types: torch.Tensor | None = None
-    pred_defect_type: str | None = None
+    pred_defect_type: list[str] | None = None
 
 
 @dataclass
@@ -61,7 +64,19 @@ class GenAUBatch(ImageBatch):
     instruction: list[str] | None = None
     response: list[str] | None = None
     type_instruction: list[str] | None = None
-    type_candidates: list[str] | None = None
+    type_candidates: list[list[str]] | None = None
     gt_types: torch.Tensor | None = None
     pred_types: torch.Tensor | None = None
-    pred_defect_type: list[str] | None = None
+    pred_defect_type: list[list[str]] | None = None
+
+    LIST_FIELDS: ClassVar[tuple[str, ...]] = ("type_candidates", "pred_defect_type")
+
+    @classmethod
+    def collate(cls, items: list[GenAUItem]) -> GenAUBatch:
+        """Collate as anomalib does, with each list field kept as one list per image."""
+        lists = {name: [getattr(item, name) for item in items] for name in cls.LIST_FIELDS}
+        batch = super().collate([replace(item, **dict.fromkeys(cls.LIST_FIELDS)) for item in items])
+        for name, values in lists.items():
+            if any(value is not None for value in values):
+                setattr(batch, name, values)
+        return batch

@@ -14,6 +14,8 @@ from typing import Any
 import anomalib.data
 from anomalib.data import AnomalibDataModule
 
+from anomalib_genau.taxonomy import DATASET_KEYS
+
 from .defect_names import DefectNameReader, VisaDefectNames, folder_defect_names, realiad_defect_names
 
 
@@ -70,7 +72,7 @@ class DatasetSource:
         default_options: Keyword arguments of the datamodule that the protocol fixes by default.
         check_masks: Raises a clear error before anomalib's loader would fail on a missing mask;
             ``None`` where anomalib reads a missing mask as an empty path (then the sample is
-            left out and counted, see :class:`~anomalib_genau.data.datamodule.CategoryData`).
+            left out and counted, see :class:`~anomalib_genau.data.instruction_dataset.CategoryData`).
 
     """
 
@@ -90,21 +92,28 @@ class DatasetSource:
 DATASET_SOURCES: Mapping[str, DatasetSource] = {
     "MVTecAD": DatasetSource(
         "MVTecAD",
-        "mvtec_ad",
+        DATASET_KEYS["MVTecAD"],
         _mvtec_layout_categories,
         lambda _: folder_defect_names,
         check_masks=_check_mvtec_layout_masks,
     ),
     "MPDD": DatasetSource(
-        "MPDD", "mpdd", _mvtec_layout_categories, lambda _: folder_defect_names, check_masks=_check_mvtec_layout_masks
+        "MPDD",
+        DATASET_KEYS["MPDD"],
+        _mvtec_layout_categories,
+        lambda _: folder_defect_names,
+        check_masks=_check_mvtec_layout_masks,
     ),
     "Visa": DatasetSource(
-        "Visa", "visa", _visa_categories, lambda datamodule: VisaDefectNames(datamodule.root, datamodule.category)
+        "Visa",
+        DATASET_KEYS["Visa"],
+        _visa_categories,
+        lambda datamodule: VisaDefectNames(datamodule.root, datamodule.category),
     ),
     # Single-view metadata: the paper evaluates Real-IAD single-view.
     "RealIAD": DatasetSource(
         "RealIAD",
-        "real_iad",
+        DATASET_KEYS["RealIAD"],
         _realiad_categories,
         lambda _: realiad_defect_names,
         {"json_path": "realiad_jsons/realiad_jsons_sv/{category}.json"},

@@ -4,11 +4,14 @@ The export folder holds::
 
     genau.json                 manifest: configuration, token ids, sizes, files
     vision_tower.xml/.bin      SigLIP (one copy for every size)
-    image_tokens_HxW.xml/.bin  projector and AnyRes packing, per exported size
+    image_features_HxW.xml/.bin  projector and AnyRes packing, per exported size
     readout_HxW.xml/.bin       map, calibrated score and post-processing, per exported size
     embeddings.xml/.bin        token embeddings
     language_model.xml/.bin    the decoder, its KV cache kept in OpenVINO states
     processor/                 the LLaVA-OneVision processor (tokenizer, image processor)
+
+The inferencer derives every token id from the saved processor with the same dialogue codec
+as the torch model, so the manifest holds no copies of them.
 
 LoRA and the new-token rows are merged into the weights before tracing and unmerged after.
 Each IR carries the export's configuration id in its ``rt_info``, so files of two exports are
@@ -22,40 +25,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 import torch
+from anomalib.deploy import CompressionType
 from anomalib.post_processing import PostProcessor
 from openvino._offline_transformations import compress_model_transformation
 from openvino.passes import MakeStateful, Manager
 from torch.export import Dim
 
-from .graphs import DecoderGraph, EmbeddingGraph, ImageTokensGraph, ReadoutGraph, VisionTowerGraph
-from .quantization import calibration_samples, compress_weights, quantize
+from anomalib_genau.models.genau.torch_model import GenAUModel
 
-if TYPE_CHECKING:
-    from anomalib_genau.models.genau.lightning_model import GenAU
+from .graphs import DecoderGraph, EmbeddingGraph, ImageFeaturesGraph, ReadoutGraph, VisionTowerGraph
+from .manifest import FORMAT_VERSION, MANIFEST, RT_INFO_KEY, WEIGHT_FORMATS, size_name
+from .quantization import compress_weights, quantization_samples, quantize
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "genau.json"
-# 2: the decoder keeps its KV cache in OpenVINO states; 3: it returns every new position's hidden state
-FORMAT_VERSION = 3
-# Weight formats of the export: f32, fp16 storage, NNCF INT8 (all graphs but the readout), NNCF
-# INT4 (the decoder and embeddings; the vision graphs INT8), NNCF INT8 post-training quantization
-# (weights and activations of the decoder; INT8 weights for the rest).
-WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq")
-RT_INFO_KEY = ["genau", "config_id"]
-
-
-def size_name(size: Sequence[int]) -> str:
-    """``"384x384"``: the file-name suffix of an exported ``(H, W)``."""
-    return f"{int(size[0])}x{int(size[1])}"
 
 
 def _convert(module: torch.nn.Module, args: tuple, names: Sequence[str], dynamic_shapes: Any = None) -> ov.Model:
@@ -74,49 +64,93 @@ def _name_outputs(model: ov.Model, names: Sequence[str]) -> ov.Model:
     return model
 
 
+# anomalib's export compression types and the weight formats they give GenAU's graphs
+# (INT4 is only offered by `anomalib-genau export --weights int4`; INT8_ACQ needs one graph
+# with one metric, which GenAU's decode loop does not have)
+COMPRESSION_WEIGHTS = {
+    None: "f32",
+    CompressionType.FP16: "fp16",
+    CompressionType.INT8: "int8",
+    CompressionType.INT8_PTQ: "int8_ptq",
+}
+
+
+def export_weights(compression_type: CompressionType | str | None) -> str:
+    """The weight format of anomalib's ``--compression_type``.
+
+    Raises:
+        ValueError: A compression type GenAU does not support (``INT8_ACQ``).
+
+    """
+    compression = CompressionType(compression_type) if compression_type else None
+    if compression not in COMPRESSION_WEIGHTS:
+        msg = (
+            f"GenAU supports OpenVINO compression fp16, int8, int8_ptq (and int4 through "
+            f"`anomalib-genau export`), not '{compression.value}'."
+        )
+        raise ValueError(msg)
+    return COMPRESSION_WEIGHTS[compression]
+
+
+def quantization_images(
+    dataloader: Iterable[Any], transform: Callable[[torch.Tensor], torch.Tensor], count: int
+) -> list[tuple[torch.Tensor, str | None]]:
+    """The first ``count`` images of ``dataloader``'s batches, through ``transform``, with their instructions."""
+    images: list[tuple[torch.Tensor, str | None]] = []
+    for batch in dataloader:
+        pixels = transform(batch.image)
+        instructions = getattr(batch, "instruction", None) or [None] * len(pixels)
+        images.extend(zip(pixels, instructions, strict=True))
+        if len(images) >= count:
+            break
+    return images[:count]
+
+
 def export_openvino(
-    module: GenAU,
+    model: GenAUModel,
+    post_processor: PostProcessor,
+    configuration: Mapping[str, Any],
     export_root: str | Path,
     image_sizes: Sequence[Sequence[int]] | None = None,
     weights: str = "f32",
-    calibration: Iterable[tuple[torch.Tensor, str | None]] | None = None,
+    quantization_images: Iterable[tuple[torch.Tensor, str | None]] | None = None,
 ) -> Path:
     """Write GenAU's OpenVINO export; returns the manifest's path.
 
     Args:
-        module: A trained (calibrated, thresholded) GenAU module.
+        model: A trained (calibrated) GenAU torch model.
+        post_processor: anomalib's post-processor with the validated thresholds and normalisation.
+        configuration: What the export must agree on with a checkpoint: ``backbone``, the
+            architecture arguments (``checkpoint.ARCHITECTURE_ARGUMENTS``) and ``defect_type_mode``.
         export_root: Folder to write into (created).
         image_sizes: ``(H, W)`` sizes to export; images are resized to the one nearest in
-            aspect ratio at inference. ``None``: the pre-processor's size (the size GenAU saw
-            in training and testing), else the vision tower's tile size.
+            aspect ratio at inference. ``None``: the vision tower's tile size.
         weights: ``"f32"``, ``"fp16"`` (weights stored in fp16), ``"int8"`` (NNCF INT8 weights for
             every graph), ``"int4"`` (NNCF INT4 weights for the decoder, INT8 for the rest) or
-            ``"int8_ptq"`` (NNCF INT8 weights and activations for the decoder, calibrated on
-            ``calibration``; INT8 weights for the rest, the readout's in fp16).
-        calibration: ``int8_ptq`` only: ``(image (3, H, W) in [0, 1], instruction or None)``
-            pairs, pre-processed as in testing; a few images of the target product suffice.
+            ``"int8_ptq"`` (NNCF INT8 weights and activations for the decoder, quantized on
+            ``quantization_images``; INT8 weights for the rest, the readout's in fp16).
+        quantization_images: ``int8_ptq`` only: ``(image (3, H, W) in [0, 1], instruction or
+            None)`` pairs, pre-processed as in testing; a few images of the target product suffice.
 
     Raises:
-        ValueError: Unknown ``weights``, ``int8_ptq`` without calibration images, an image
-            size below one patch, or a module whose post-processor has no thresholds yet
-            (never validated: every output would be NaN).
+        ValueError: Unknown ``weights``, ``int8_ptq`` without quantization images, an image
+            size below one patch, or a post-processor without thresholds yet (never validated:
+            every output would be NaN).
 
     """
     if weights not in WEIGHT_FORMATS:
         msg = f"Unknown weight format '{weights}'; use one of {', '.join(WEIGHT_FORMATS)}."
         raise ValueError(msg)
-    if weights == "int8_ptq" and calibration is None:
-        msg = "INT8 post-training quantization (int8_ptq) needs calibration images."
+    if weights == "int8_ptq" and quantization_images is None:
+        msg = "INT8 post-training quantization (int8_ptq) needs quantization images."
         raise ValueError(msg)
-    post_processor = module.post_processor
     if not isinstance(post_processor, PostProcessor) or bool(torch.isnan(post_processor.image_threshold)):
         msg = (
             "GenAU's post-processor has no image threshold yet: export a model that has been validated "
             "(fitted with a validation split, as CrossDataset provides, or loaded from such a checkpoint)."
         )
         raise ValueError(msg)
-    model = module.model
-    sizes = [tuple(int(v) for v in size) for size in (image_sizes or [default_size(module)])]
+    sizes = [tuple(int(v) for v in size) for size in (image_sizes or [(model.tile_size,) * 2])]
     patch = model.llava.config.vision_config.patch_size
     for size in sizes:
         if len(size) != 2 or min(size) < patch:
@@ -124,18 +158,18 @@ def export_openvino(
             raise ValueError(msg)
     root = Path(export_root)
     root.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(module, sizes, weights)
+    manifest = build_manifest(model, configuration, sizes, weights)
     was_training = model.training
     model.eval()
     model.vlm.merge_adapter()
     try:  # saved before unmerging: the converted graphs share their weights' memory with torch
-        decoder_samples = calibration_samples(model, calibration) if weights == "int8_ptq" else None
+        decoder_samples = quantization_samples(model, quantization_images) if weights == "int8_ptq" else None
         files = {}
-        for name, traced in trace_graphs(module, sizes, manifest["score"]["fused"]).items():
+        for name, traced in trace_graphs(model, post_processor, sizes, manifest["score"]["fused"]).items():
             if weights != "f32":
                 # fp16 storage (what ov.save_model's compress_to_fp16 does), before NNCF: save_model
                 # skips a graph NNCF has compressed, which kept its other constants (norms, biases,
-                # SigLIP's 3.4 MB position embeddings) in f32
+                # SigLIP's position embeddings) in f32
                 compress_model_transformation(traced)
             if name == "language_model" and decoder_samples:
                 graph = quantize(traced, decoder_samples)
@@ -158,25 +192,14 @@ def export_openvino(
     return path
 
 
-def default_size(module: GenAU) -> tuple[int, int]:
-    """The pre-processor's resize target, else the vision tower's tile size."""
-    transform = getattr(module.pre_processor, "transform", None)
-    size = getattr(transform, "size", None)
-    if isinstance(size, Sequence) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    return (module.model.tile_size,) * 2
-
-
-def build_manifest(module: GenAU, sizes: Sequence[tuple[int, int]], weights: str) -> dict[str, Any]:
-    """What the inferencer needs besides the graphs, and the configuration it must match."""
-    from anomalib_genau.models.genau.lightning_model import ARCHITECTURE_ARGUMENTS, plain_value
-
-    model = module.model
+def build_manifest(
+    model: GenAUModel, configuration: Mapping[str, Any], sizes: Sequence[tuple[int, int]], weights: str
+) -> dict[str, Any]:
+    """What the inferencer needs besides the graphs and the processor, and the configuration it must match."""
     config = model.llava.config
     configuration = {
-        "backbone": str(module.hparams.backbone),
+        **configuration,
         "backbone_fingerprint": model.backbone_fingerprint,
-        **{key: plain_value(module.hparams[key]) for key in ARCHITECTURE_ARGUMENTS},
         "high_res_readout": model.high_res_readout,
         "high_res_weight": model.high_res_weight,
         "score_fusion": model.score_fusion,
@@ -186,7 +209,8 @@ def build_manifest(module: GenAU, sizes: Sequence[tuple[int, int]], weights: str
     fused = bool(model.score_fusion and model.calibration.calibrated)
     if model.score_fusion and not fused:
         logger.warning("GenAU's score calibration is not estimated: the export scores by the map maximum.")
-    if module.defect_type_mode == "likelihood":
+    type_mode = configuration.get("defect_type_mode")
+    if type_mode == "likelihood":
         logger.warning("The OpenVINO inferencer answers defect types by generation (defect_type_mode='generate').")
     return {
         "format": FORMAT_VERSION,
@@ -197,46 +221,43 @@ def build_manifest(module: GenAU, sizes: Sequence[tuple[int, int]], weights: str
         "tile_size": model.tile_size,
         "patch_size": config.vision_config.patch_size,
         "image_grid_pinpoints": config.image_grid_pinpoints,
-        "tokens": {
-            "seg_ids": list(model.seg_ids),
-            "answer_ids": list(model.answer_ids),
-            "banned_ids": list(model.banned_ids),
-            "pad_id": model.pad_id,
-            "image_token_id": config.image_token_id,
-        },
         "max_new_tokens": model.max_new_tokens,
-        "default_object": model.default_object,
-        "defect_types": module.defect_type_mode is not None,
+        "default_object": model.codec.default_object,
+        "defect_types": type_mode is not None,
         "score": {"fused": fused},
     }
 
 
-def trace_graphs(module: GenAU, sizes: Sequence[tuple[int, int]], fused_score: bool) -> dict[str, ov.Model]:
+def trace_graphs(
+    model: GenAUModel, post_processor: PostProcessor, sizes: Sequence[tuple[int, int]], fused_score: bool
+) -> dict[str, ov.Model]:
     """Trace and convert every graph on a probe image of each size (weights already merged)."""
-    model = module.model
     config = model.llava.config
     graphs: dict[str, ov.Model] = {}
     views = Dim("views", min=1, max=64)
-    tower = VisionTowerGraph(model)
+    vision_tower = VisionTowerGraph(model)
     for index, size in enumerate(sizes):
-        encoded = model.encode(torch.rand(1, 3, *size), None)
-        pixel_values = encoded["pixel_values"][0]
-        llm_features, stages = tower(pixel_values)
+        probe = torch.rand(3, *size)
+        pixel_values = model.processor.image_processor(images=[probe], return_tensors="pt", do_rescale=False)
+        pixel_values = pixel_values["pixel_values"][0]
+        projector_input, stages = vision_tower(pixel_values)
         if index == 0:
             graphs["vision_tower"] = _name_outputs(
-                _convert(tower, (pixel_values,), ["pixel_values"], ({0: views},)), ["llm_features", "stage_features"]
+                _convert(vision_tower, (pixel_values,), ["pixel_values"], ({0: views},)),
+                ["projector_input", "stage_features"],
             )
+            input_ids = model.prompts(model.see(probe[None]), None).input_ids
             embeds = EmbeddingGraph(model)
             graphs["embeddings"] = _name_outputs(
-                _convert(embeds, (encoded["input_ids"],), ["input_ids"], ({1: Dim("tokens", min=1, max=32768)},)),
+                _convert(embeds, (input_ids,), ["input_ids"], ({1: Dim("tokens", min=1, max=32768)},)),
                 ["inputs_embeds"],
             )
-            graphs["language_model"] = _convert_decoder(model, embeds(encoded["input_ids"]))
-        graphs[f"image_tokens_{size_name(size)}"] = _name_outputs(
-            _convert(ImageTokensGraph(model, size), (llm_features,), ["llm_features"]), ["image_embeds"]
+            graphs["language_model"] = _convert_decoder(model, embeds(input_ids))
+        graphs[f"image_features_{size_name(size)}"] = _name_outputs(
+            _convert(ImageFeaturesGraph(model, size), (projector_input,), ["projector_input"]), ["image_features"]
         )
         anchors = torch.randn(1, 2, config.text_config.hidden_size)
-        readout = ReadoutGraph(model, module.post_processor, size, fused_score)
+        readout = ReadoutGraph(model, post_processor, size, fused_score)
         graphs[f"readout_{size_name(size)}"] = _name_outputs(
             _convert(readout, (stages, anchors, torch.zeros(1)), ["stage_features", "anchors", "log_odds"]),
             ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
@@ -278,9 +299,8 @@ def _convert_decoder(model: torch.nn.Module, embeds: torch.Tensor) -> ov.Model:
 def additive_attention_masks(graph: ov.Model) -> None:
     """Give every attention a float mask (0, or the float minimum where masked) for transformers' boolean one.
 
-    OpenVINO's CPU plugin runs its fused cached attention about 3x slower on a boolean mask: a
-    1515-token prefill of the 0.5B decoder took 15 s with it and 5 s with the float mask
-    (openvino 2026.4, 2 cores).
+    OpenVINO's CPU plugin runs its fused cached attention several times slower on a boolean mask
+    (measured in benchmarks/RESULTS.md, "OpenVINO attention masks").
     """
     for node in graph.get_ordered_ops():
         if node.get_type_name() != "ScaledDotProductAttention" or node.get_input_size() < 4:

@@ -5,7 +5,7 @@ it (anomalib's default export traces one forward). The export splits the model a
 
 - ``VisionTowerGraph``: SigLIP on the views of one image; dynamic in the number of views,
   so its weights are stored once for every exported image size;
-- ``ImageTokensGraph`` (one per size): projector and AnyRes packing into LLM image tokens;
+- ``ImageFeaturesGraph`` (one per size): projector and AnyRes packing into the decoder's image features;
 - ``EmbeddingGraph``: token ids to embeddings (the new tokens' rows merged);
 - ``DecoderGraph``: the Qwen2 decoder over a KV cache (kept in OpenVINO states by the export),
   used for the prefill and for every decoding step;
@@ -26,11 +26,12 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from anomalib_genau.models.genau.torch_model import GenAUModel, VisionFeatures
+from anomalib_genau.models.genau.torch_model import GenAUModel
+from anomalib_genau.models.genau.vision import VisionFeatures, image_features, split_views, tower
 
 
 class VisionTowerGraph(nn.Module):
-    """``pixel_values (P, 3, s, s)`` -> ``llm_features (P, N, C)``, ``stage_features (S, P, N, C)``."""
+    """``pixel_values (P, 3, s, s)`` -> ``projector_input (P, N, C)``, ``stage_features (S, P, N, C)``."""
 
     def __init__(self, model: GenAUModel) -> None:
         super().__init__()
@@ -38,12 +39,12 @@ class VisionTowerGraph(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer LLaVA-OneVision feeds its projector and the readout's stages."""
-        llm_features, stages = self.model.tower(pixel_values)
-        return llm_features, torch.stack(stages)
+        projector_input, stages = tower(self.model.llava, pixel_values, self.model.vision_layers)
+        return projector_input, torch.stack(stages)
 
 
-class ImageTokensGraph(nn.Module):
-    """``llm_features (P, N, C)`` -> ``image_embeds (T_img, D)`` for an image of one ``(H, W)``.
+class ImageFeaturesGraph(nn.Module):
+    """``projector_input (P, N, C)`` -> ``image_features (T, D)`` for an image of one ``(H, W)``.
 
     transformers' ``get_image_features`` runs the tower and this packing in one call; the export
     splits them so that the tower's weights are stored once for all sizes.
@@ -54,9 +55,9 @@ class ImageTokensGraph(nn.Module):
         self.model = model
         self.image_size = [int(image_size[0]), int(image_size[1])]
 
-    def forward(self, llm_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, projector_input: torch.Tensor) -> torch.Tensor:
         """Project, unpad the tile grid, add the newline tokens, prepend the global view."""
-        return self.model.image_tokens(llm_features, [self.image_size])[0]
+        return image_features(self.model.llava, projector_input, [self.image_size])[0]
 
 
 class EmbeddingGraph(nn.Module):
@@ -160,9 +161,9 @@ class ReadoutGraph(nn.Module):
         self, stage_features: torch.Tensor, anchors: torch.Tensor, log_odds: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Map, score and anomalib's post-processing, as ``GenAU`` computes them in eager mode."""
-        global_stages, tile_stages = self.model.split_views(list(stage_features), self.image_sizes)
-        vision = VisionFeatures(encoder_output=None, global_stages=global_stages, tile_stages=tile_stages)
-        maps = self.model.anomaly_maps(vision, anchors, self.image_sizes)
+        global_stages, tile_stages = split_views(self.model.llava, list(stage_features), self.image_sizes)
+        vision = VisionFeatures([], global_stages, tile_stages, self.image_sizes)
+        maps = self.model.anomaly_maps(vision, anchors)
         map_max = maps.flatten(1).amax(dim=1)
         score = self.model.calibration(map_max, log_odds) if self.fused_score else map_max
         batch = self.post_processor(InferenceBatch(pred_score=score, anomaly_map=maps))

@@ -19,25 +19,21 @@ from typing import Any
 import numpy as np
 import openvino as ov
 import torch
-from anomalib.deploy import OpenVINOInferencer
 from PIL import Image
 from torchvision.transforms.v2.functional import resize
 from transformers import LlavaOnevisionProcessor
 
 from anomalib_genau import prompts
 from anomalib_genau.data.images import read_rgb
-from anomalib_genau.data.sources import DATASET_SOURCES
+from anomalib_genau.dialogue import DialogueCodec
 from anomalib_genau.models.genau.anyres import distinct_views
+from anomalib_genau.models.genau.checkpoint import differing_keys
 from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_decode
-from anomalib_genau.models.genau.lightning_model import plain_value
-from anomalib_genau.parsing import parse_defect_types
-from anomalib_genau.taxonomy import object_name, product_candidates
+from anomalib_genau.taxonomy import DATASET_KEYS, object_name, product_candidates
 
-from .export import FORMAT_VERSION, MANIFEST, RT_INFO_KEY, size_name
+from .manifest import FORMAT_VERSION, MANIFEST, PRECISIONS, RT_INFO_KEY, size_name
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("f32", "bf16")  # OpenVINO INFERENCE_PRECISION_HINT values
 
 
 class ExportError(ValueError):
@@ -46,15 +42,16 @@ class ExportError(ValueError):
 
 @dataclass
 class GenAUPrediction:
-    """One image's answer.
+    """One image's answer, its fields named as in anomalib's batches and ``predictions.jsonl``.
 
     Attributes:
         pred_score: Post-processed image score in ``[0, 1]`` (0.5 is the threshold).
         pred_label: True for anomalous.
         anomaly_map: ``(H, W)`` float32 post-processed map at the exported size.
         pred_mask: ``(H, W)`` bool mask at the exported size.
-        defect_type: Comma-separated types (``""``: normal, or the category has no candidates).
-        explanation: The answer to the inspection question (and the type answer, when asked).
+        pred_defect_type: The predicted types (``[]``: normal); ``None`` when not asked (no
+            category, or the taxonomy has no candidates for it).
+        explanation: The answer to the inspection question.
         input_size: ``(H, W)`` the image was resized to.
 
     """
@@ -63,12 +60,12 @@ class GenAUPrediction:
     pred_label: bool
     anomaly_map: np.ndarray
     pred_mask: np.ndarray
-    defect_type: str
+    pred_defect_type: list[str] | None
     explanation: str
     input_size: tuple[int, int]
 
     def summary(self) -> dict[str, Any]:
-        """The JSON-friendly fields (no arrays)."""
+        """The JSON-friendly fields (no arrays): the record of ``predictions.jsonl`` plus ``input_size``."""
         record = asdict(self)
         del record["anomaly_map"], record["pred_mask"]
         return record
@@ -80,16 +77,16 @@ class GenAUOpenVINOInferencer:
     Args:
         path: The export folder, or its ``genau.json``.
         device: OpenVINO device (``"CPU"``).
-        precision: ``"f32"`` (matches torch within 1e-3) or ``"bf16"`` (faster on CPUs with
-            bf16; maps within 5e-2, see the README).
+        precision: ``"f32"`` (tested to match torch within 1e-3) or ``"bf16"`` (faster on CPUs
+            with bf16; tested to keep maps within 5e-2).
         expected_configuration: If given, the export's configuration must equal it (for
             example a checkpoint's ``genau_backbone["architecture"]`` plus backbone keys);
             only the keys given are compared.
         config: Further OpenVINO properties every graph is compiled with, over GenAU's own (as
             ``config`` of anomalib's ``OpenVINOInferencer``), e.g. ``INFERENCE_NUM_THREADS`` or
-            ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` (the CPU plugin's INT8 activations for INT8 or
-            INT4 weights; 32 by default, 128 made the 0.5B INT8 prefill ~15% faster on a CPU
-            without AMX, see the README).
+            ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` (the group size of the CPU plugin's INT8
+            activations for INT8 or INT4 weights; ``benchmarks/deployment.py --dq-group-size``
+            measures it, see benchmarks/RESULTS.md).
 
     Raises:
         ExportError: A file is missing or corrupt, or the graphs come from another configuration.
@@ -126,15 +123,14 @@ class GenAUOpenVINOInferencer:
         self.language_model = self._load(files["language_model"])
         self.decoder_request = self.language_model.create_infer_request()  # holds the KV-cache states
         self.sizes = [tuple(size) for size in self.manifest["sizes"]]
-        self.image_tokens = {size: self._load(files[f"image_tokens_{size_name(size)}"]) for size in self.sizes}
+        self.image_features = {size: self._load(files[f"image_features_{size_name(size)}"]) for size in self.sizes}
         self.readouts = {size: self._load(files[f"readout_{size_name(size)}"]) for size in self.sizes}
         try:
             self.processor = LlavaOnevisionProcessor.from_pretrained(self.root / "processor")
         except (OSError, ValueError) as error:
             msg = f"Cannot load the processor of the export from {self.root / 'processor'}: {error}"
             raise ExportError(msg) from error
-        tokens = self.manifest["tokens"]
-        self.seg_ids = tuple(tokens["seg_ids"])
+        self.codec = DialogueCodec(self.processor, self.manifest["default_object"])
         self.patch_size = self.manifest["patch_size"]
         self.warned_categories: set[str] = set()
 
@@ -160,7 +156,7 @@ class GenAUOpenVINOInferencer:
 
     def _check_configuration(self, expected: dict[str, Any]) -> None:
         exported = self.manifest["configuration"]
-        differing = {key for key, value in expected.items() if plain_value(exported.get(key)) != plain_value(value)}
+        differing = differing_keys(expected, exported)
         if differing:
             got = ", ".join(f"{key}={exported.get(key)!r}" for key in sorted(differing))
             wanted = ", ".join(f"{key}={expected[key]!r}" for key in sorted(differing))
@@ -254,31 +250,40 @@ class GenAUOpenVINOInferencer:
         questions = [prompts.instruction(name)]
         if candidates:
             questions.append(prompts.type_instruction(name, candidates))
-        encoded = self.encode(pixels, questions[0])
-        views = encoded["pixel_values"][0]
-        distinct, inverse = distinct_views(views, [len(views)])
-        llm_features, stage_features = self.vision_tower([distinct.numpy()]).to_tuple()
-        llm_features, stage_features = llm_features[inverse.numpy()], stage_features[:, inverse.numpy()]
-        image_embeds = self.image_tokens[size]([llm_features])[0]
-        prompt_ids = [encoded["input_ids"], *(self.encode(pixels, q)["input_ids"] for q in questions[1:])]
-        decoded, *type_decoded = self._decode(prompt_ids, image_embeds)
-        normal_id, defect_id = self.manifest["tokens"]["answer_ids"]
-        log_probs = decoded.first_logits.log_softmax(dim=-1)
-        log_odds = (log_probs[:, defect_id] - log_probs[:, normal_id]).numpy()
+        image_features, stage_features = self.see(pixels)
+        prompt_ids = [self.codec.prompts([question], [len(image_features)]).input_ids for question in questions]
+        decoded, *type_decoded = self._decode(prompt_ids, image_features)
+        log_odds = self.codec.log_odds(decoded.first_logits).numpy()
         outputs = self.readouts[size]([stage_features, decoded.anchors.numpy(), log_odds])
-        result = OpenVINOInferencer.post_process(outputs)
-        defect_type = ""
+        result = {port.get_any_name(): value for port, value in outputs.items()}
+        defect_type = None
         if candidates:
-            defect_type = ", ".join(parse_defect_types(self._text(type_decoded[0]), candidates).types)
+            defect_type = self.codec.defect_types(self.codec.texts(type_decoded[0].answer_tokens)[0], candidates).types
         return GenAUPrediction(
             pred_score=float(result["pred_score"].reshape(-1)[0]),
             pred_label=bool(result["pred_label"].reshape(-1)[0]),
             anomaly_map=result["anomaly_map"].reshape(size),
             pred_mask=result["pred_mask"].reshape(size).astype(bool),
-            defect_type=defect_type,
-            explanation=self._text(decoded),
+            pred_defect_type=defect_type,
+            explanation=self.codec.texts(decoded.answer_tokens)[0],
             input_size=size,
         )
+
+    def see(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The image processor and the vision graphs, once per image.
+
+        Returns:
+            The image features ``(T, D)`` the decoder reads and the readout's stage features
+            ``(S, P, N, C)``.
+
+        """
+        views = self.processor.image_processor(images=[pixels], return_tensors="pt", do_rescale=False)
+        views = views["pixel_values"][0]
+        distinct, inverse = distinct_views(views, [len(views)])
+        projector_input, stage_features = self.vision_tower([distinct.numpy()]).to_tuple()
+        projector_input, stage_features = projector_input[inverse.numpy()], stage_features[:, inverse.numpy()]
+        image_features = self.image_features[tuple(pixels.shape[-2:])]([projector_input])[0]
+        return image_features, stage_features
 
     def candidates(self, category: str | None, dataset: str | None) -> list[str] | None:
         """The category's candidate defect types, or ``None``: no category, or the taxonomy lacks it (logged).
@@ -289,26 +294,17 @@ class GenAUOpenVINOInferencer:
         """
         if not category or not self.manifest["defect_types"]:
             return None
-        if dataset is not None and dataset not in DATASET_SOURCES:
-            msg = f"Unknown dataset '{dataset}'; the taxonomy has {', '.join(DATASET_SOURCES)} (or None)."
+        if dataset is not None and dataset not in DATASET_KEYS:
+            msg = f"Unknown dataset '{dataset}'; the taxonomy has {', '.join(DATASET_KEYS)} (or None)."
             raise ValueError(msg)
-        key = DATASET_SOURCES[dataset].taxonomy_key if dataset else None
+        key = DATASET_KEYS[dataset] if dataset else None
         candidates = product_candidates(key, category)
         if not candidates and category not in self.warned_categories:
             logger.warning("The defect taxonomy has no '%s' in %s: its defect type is not asked.", category, dataset)
             self.warned_categories.add(category)
         return candidates
 
-    def encode(self, pixels: torch.Tensor, instruction: str) -> dict[str, torch.Tensor]:
-        """The processor's ``input_ids (1, L)`` and ``pixel_values (1, P, 3, s, s)`` for an image and a question."""
-        chat = self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        return self.processor(images=[pixels], text=[chat], return_tensors="pt", do_rescale=False)
-
-    def _decode(self, prompt_ids: list[torch.Tensor], image_embeds: np.ndarray) -> list[DecodeResult]:
+    def _decode(self, prompt_ids: list[torch.Tensor], image_features: np.ndarray) -> list[DecodeResult]:
         """Answer each prompt (``(1, L_i)`` ids) about one image with the shared greedy loop.
 
         Several prompts share their beginning (the system turn and the image's tokens): it is
@@ -317,12 +313,11 @@ class GenAUOpenVINOInferencer:
         """
         request = self.decoder_request
         request.reset_state()  # an empty KV cache
-        embeds = [self._embed(ids, image_embeds) for ids in prompt_ids]
+        embeds = [self._embed(ids, image_features) for ids in prompt_ids]
         shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 else 0
         if shared:
             self._infer(embeds[0][:, :shared], np.ones((1, shared), dtype=np.int64), np.arange(shared)[None])
             prefix = [state.state.data.copy() for state in request.query_state()]
-        tokens = self.manifest["tokens"]
         results = []
         for ids, prompt_embeds in zip(prompt_ids, embeds, strict=True):
             if shared:
@@ -338,9 +333,9 @@ class GenAUOpenVINOInferencer:
                     self._step,
                     torch.ones(1, length, dtype=torch.long),
                     torch.tensor([length - 1]),
-                    self.seg_ids,
-                    tokens["banned_ids"],
-                    tokens["pad_id"],
+                    self.codec.seg_ids,
+                    self.codec.banned_ids,
+                    self.codec.pad_id,
                     self.manifest["max_new_tokens"],
                 )
             )
@@ -353,16 +348,14 @@ class GenAUOpenVINOInferencer:
         fed = self.embeddings([ids.numpy()])[0]
         return self._infer(fed, attention_mask.numpy(), positions.numpy())
 
-    def _embed(self, input_ids: torch.Tensor, image_embeds: np.ndarray) -> np.ndarray:
+    def _embed(self, input_ids: torch.Tensor, image_features: np.ndarray) -> np.ndarray:
         """``(1, L, D)`` prompt embeddings with the image's features at its image tokens."""
         embeds = self.embeddings([input_ids.numpy()])[0]
-        image_positions = input_ids[0].numpy() == self.manifest["tokens"]["image_token_id"]
-        if int(image_positions.sum()) != image_embeds.shape[0]:
-            msg = (
-                f"The prompt has {int(image_positions.sum())} image tokens for {image_embeds.shape[0]} image features."
-            )
+        image_positions = input_ids[0].numpy() == self.codec.image_token_id
+        if int(image_positions.sum()) != image_features.shape[0]:
+            msg = f"The prompt has {int(image_positions.sum())} image tokens for {image_features.shape[0]} features."
             raise ExportError(msg)
-        embeds[0, image_positions] = image_embeds
+        embeds[0, image_positions] = image_features
         return embeds
 
     def _infer(
@@ -378,9 +371,6 @@ class GenAUOpenVINOInferencer:
             }
         )
         return torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["hidden"])
-
-    def _text(self, decoded: DecodeResult) -> str:
-        return self.processor.tokenizer.decode(decoded.answer_tokens[0], skip_special_tokens=True).strip()
 
 
 def shared_prefix_length(prompt_ids: list[torch.Tensor]) -> int:

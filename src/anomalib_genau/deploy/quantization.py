@@ -6,8 +6,8 @@ compute-bound prefill, and needs calibration images: their prefill inputs are ca
 torch model exactly as the inferencer feeds the decoder graph.
 
 The vision tower keeps INT8 weights only: the readout compares its stage features with the
-anchors directly, and quantizing its activations moved the demo checkpoint's maps by up to 0.95
-and changed 19-25% of its labels (the decoder's activations: 0.13 and none).
+anchors directly, so the error of quantized activations there goes straight into the maps and the
+labels, far more than the decoder's does (measured in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def quantize(model: ov.Model, samples: list[Any]) -> ov.Model:
     """NNCF post-training quantization (INT8 weights and activations) calibrated on ``samples``.
 
     The attention stays in floating point: quantizing its inputs breaks the CPU plugin's fused
-    attention over the stateful KV cache, which made a 0.5B decoding step 3x slower (0.067 s
-    against 0.206 s, openvino 2026.4, 2 cores).
+    attention over the stateful KV cache, and the unfused attention makes every decoding step
+    several times slower (``benchmarks/RESULTS.md``).
     """
     import nncf
 
@@ -58,7 +58,7 @@ class _PrefillCaptured(Exception):  # noqa: N818 - control flow, not an error
     """Stops the torch prefill once its decoder inputs are captured (the decoder itself is not needed)."""
 
 
-def calibration_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor, str | None]]) -> list[dict[str, Any]]:
+def quantization_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor, str | None]]) -> list[dict[str, Any]]:
     """Inputs of the decoder graph's prefill for each ``(image (3, H, W), instruction)``.
 
     The prompt embeddings with the image features in place ``(1, L, D)``, the mask, the
@@ -85,12 +85,12 @@ def calibration_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor, 
     try:
         for image, instruction in images:
             with torch.no_grad(), contextlib.suppress(_PrefillCaptured):
-                encoded = model.encode(image[None], None if instruction is None else [instruction])
-                vision = model.vision_features(encoded["pixel_values"], encoded["image_sizes"])
-                llava(**model.prefill_inputs(encoded, vision), use_cache=True, logits_to_keep=1)
+                vision = model.see(image[None])
+                prompts = model.prompts(vision, None if instruction is None else [instruction])
+                llava(**model.prefill_inputs(prompts, vision), use_cache=True, logits_to_keep=1)
     finally:
         hook.remove()
     if not samples:
-        msg = "INT8 post-training quantization needs at least one calibration image."
+        msg = "INT8 post-training quantization needs at least one quantization image."
         raise ValueError(msg)
     return samples

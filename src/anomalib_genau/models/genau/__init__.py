@@ -1,12 +1,20 @@
-"""GenAU model package; importing it registers ``GenAU`` with anomalib."""
+"""GenAU model package.
 
-import anomalib.models as _anomalib_models
+``GenAU`` (the Lightning module) loads on first access, so that deployment can import the
+numerical core (``anyres``, ``decoding``, ``checkpoint``) without Lightning or peft. Importing
+``lightning_model`` registers ``GenAU`` with anomalib.
+"""
 
-from .lightning_model import GenAU
+from typing import Any
 
 __all__ = ["GenAU"]
 
-# get_model({"class_path": "GenAU"}) looks the name up on anomalib.models (dotted paths
-# outside anomalib.models are refused by its ALLOWED_MODULES), so expose the class there.
-if not hasattr(_anomalib_models, "GenAU"):
-    _anomalib_models.GenAU = GenAU
+
+def __getattr__(name: str) -> Any:
+    """``GenAU`` on first access."""
+    if name == "GenAU":
+        from .lightning_model import GenAU
+
+        return GenAU
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

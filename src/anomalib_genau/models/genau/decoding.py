@@ -3,8 +3,9 @@
 transformers' ``generate`` never computes the hidden state of the last token it emits and
 stores every layer's state for every step; GenAU needs exactly the last layer's state of
 the two segmentation tokens, the last of which is the final token. So this module runs the
-model's own forward with its KV cache: prefill once, decode greedily, and each step that
-feeds tokens returns their final-layer states. ``[SEG_normal]`` always follows
+model's own forward with its KV cache (torch: ``torch_decoding``; OpenVINO: the inferencer's
+stateful decoder graph): prefill once, decode greedily, and each step that feeds tokens
+returns their final-layer states. ``[SEG_normal]`` always follows
 ``[SEG_defect]``, so once every open answer of the batch emits ``[SEG_defect]`` the two go
 through the decoder in one step, which reads both anchors (one decoder pass fewer than
 feeding them one by one).
@@ -16,14 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import LlavaOnevisionForConditionalGeneration
 
-from .vlm import merged_token_rows
+from anomalib_genau.dialogue import TokenPair
 
 
 @dataclass
 class DecodeResult:
-    """Output of :func:`decode_with_anchors`.
+    """Output of :func:`greedy_anchor_decode`.
 
     Attributes:
         tokens: ``(B, T)`` generated ids, padded with ``pad_id`` after ``[SEG_normal]``.
@@ -45,8 +45,7 @@ def next_tokens(
     logits: torch.Tensor,
     step: int,
     max_new_tokens: int,
-    seg_defect_id: int,
-    seg_normal_id: int,
+    seg_ids: TokenPair,
     banned_ids: Sequence[int],
     emitted_defect: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +60,7 @@ def next_tokens(
         logits: ``(B, V)`` next-token logits.
         step: Index of the token being chosen, from 0.
         max_new_tokens: Decoding budget (at least 2).
-        seg_defect_id: Id of ``[SEG_defect]``.
-        seg_normal_id: Id of ``[SEG_normal]``.
+        seg_ids: Ids of ``[SEG_normal]`` and ``[SEG_defect]``.
         banned_ids: Ids never chosen inside an answer.
         emitted_defect: ``(B,)`` bool, ``[SEG_defect]`` already emitted.
 
@@ -72,11 +70,11 @@ def next_tokens(
     """
     logits = logits.float().clone()
     logits[:, list(banned_ids)] = float("-inf")
-    logits[:, seg_normal_id] = float("-inf")
+    logits[:, seg_ids.normal] = float("-inf")
     chosen = logits.argmax(dim=-1)
-    chosen = torch.where(emitted_defect, torch.full_like(chosen, seg_normal_id), chosen)
-    forced = ~emitted_defect & (chosen != seg_defect_id) & (step >= max_new_tokens - 2)
-    chosen = torch.where(forced, torch.full_like(chosen, seg_defect_id), chosen)
+    chosen = torch.where(emitted_defect, torch.full_like(chosen, seg_ids.normal), chosen)
+    forced = ~emitted_defect & (chosen != seg_ids.defect) & (step >= max_new_tokens - 2)
+    chosen = torch.where(forced, torch.full_like(chosen, seg_ids.defect), chosen)
     return chosen, forced
 
 
@@ -91,7 +89,7 @@ def greedy_anchor_decode(
     step: DecodeStep,
     attention_mask: torch.Tensor,
     last_position: torch.Tensor,
-    seg_ids: tuple[int, int],
+    seg_ids: TokenPair,
     banned_ids: Sequence[int],
     pad_id: int,
     max_new_tokens: int,
@@ -103,7 +101,7 @@ def greedy_anchor_decode(
         step: Feeds the chosen tokens through the cached decoder, see ``DecodeStep``.
         attention_mask: ``(B, L)`` prompt attention mask.
         last_position: ``(B,)`` position id of each prompt's last token.
-        seg_ids: ``([SEG_defect] id, [SEG_normal] id)``.
+        seg_ids: Ids of ``[SEG_normal]`` and ``[SEG_defect]``.
         banned_ids: Ids never chosen inside an answer (turn and sequence ends, media tokens).
         pad_id: Id fed for images that have finished.
         max_new_tokens: Decoding budget, at least 2.
@@ -112,16 +110,14 @@ def greedy_anchor_decode(
     if max_new_tokens < 2:
         msg = f"max_new_tokens must be at least 2 to fit both segmentation tokens, got {max_new_tokens}."
         raise ValueError(msg)
-    seg_defect_id, seg_normal_id = seg_ids
+    seg_defect_id, seg_normal_id = seg_ids.defect, seg_ids.normal
     logits, position = first_logits, last_position
     emitted_defect = torch.zeros(first_logits.shape[0], dtype=torch.bool, device=first_logits.device)
     finished = torch.zeros_like(emitted_defect)
     forced_any = torch.zeros_like(emitted_defect)
     tokens, states = [], []
     for index in range(max_new_tokens):
-        chosen, forced = next_tokens(
-            logits, index, max_new_tokens, seg_defect_id, seg_normal_id, banned_ids, emitted_defect
-        )
+        chosen, forced = next_tokens(logits, index, max_new_tokens, seg_ids, banned_ids, emitted_defect)
         chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
         forced_any |= forced & ~finished
         fed = chosen[:, None]
@@ -151,64 +147,13 @@ def greedy_anchor_decode(
     )
 
 
-@torch.no_grad()
-def decode_with_anchors(
-    llava: LlavaOnevisionForConditionalGeneration,
-    prefill: dict,
-    seg_ids: tuple[int, int],
-    banned_ids: Sequence[int],
-    pad_id: int,
-    max_new_tokens: int,
-) -> DecodeResult:
-    """Prefill once, decode greedily with the model's KV cache, and read both anchors.
-
-    Args:
-        llava: The (LoRA-wrapped) LLaVA-OneVision model.
-        prefill: Keyword arguments of the prefill forward: ``input_ids`` ``(B, L)`` left-padded,
-            ``attention_mask`` ``(B, L)``, ``position_ids`` ``(B, L)`` and ``mm_encoder_outputs``.
-        seg_ids: ``([SEG_defect] id, [SEG_normal] id)``.
-        banned_ids: Ids never chosen inside an answer (turn and sequence ends, media tokens).
-        pad_id: Id fed for images that have finished.
-        max_new_tokens: Decoding budget, at least 2.
-
-    """
-    with merged_token_rows(llava):
-        output = llava(**prefill, use_cache=True, logits_to_keep=1)
-        cache = output.cache
-
-        def step(
-            ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            fed = llava(
-                input_ids=ids,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-                output_hidden_states=True,
-                logits_to_keep=1,
-            )
-            return fed.logits[:, -1], fed.hidden_states[-1]
-
-        return greedy_anchor_decode(
-            output.logits[:, -1],
-            step,
-            prefill["attention_mask"],
-            prefill["position_ids"][:, -1],
-            seg_ids,
-            banned_ids,
-            pad_id,
-            max_new_tokens,
-        )
-
-
-def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int, int]) -> torch.Tensor:
+def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: TokenPair) -> torch.Tensor:
     """Gather the final-layer states at the last ``[SEG_normal]`` and ``[SEG_defect]`` of each row.
 
     Args:
         hidden: ``(B, T, D)`` final-layer states aligned with ``tokens``.
         tokens: ``(B, T)`` ids.
-        seg_ids: ``([SEG_defect] id, [SEG_normal] id)``.
+        seg_ids: Ids of ``[SEG_normal]`` and ``[SEG_defect]``.
 
     Returns:
         ``(B, 2, D)``: row 0 ``[SEG_normal]``, row 1 ``[SEG_defect]``.
@@ -217,9 +162,8 @@ def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int
         ValueError: A row lacks one of the tokens.
 
     """
-    seg_defect_id, seg_normal_id = seg_ids
     positions = []
-    for token_id, name in ((seg_normal_id, "[SEG_normal]"), (seg_defect_id, "[SEG_defect]")):
+    for token_id, name in ((seg_ids.normal, "[SEG_normal]"), (seg_ids.defect, "[SEG_defect]")):
         present = tokens == token_id
         if not bool(present.any(dim=1).all()):
             missing = (~present.any(dim=1)).nonzero().flatten().tolist()
@@ -232,57 +176,3 @@ def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: tuple[int
         positions.append(torch.where(present, index, -1).amax(dim=1))
     gather_index = torch.stack(positions, dim=1)  # (B, 2)
     return hidden.gather(1, gather_index[..., None].expand(-1, -1, hidden.shape[-1]))
-
-
-@torch.no_grad()
-def option_log_likelihoods(
-    llava: LlavaOnevisionForConditionalGeneration,
-    prefill: dict,
-    options: Sequence[Sequence[Sequence[int]]],
-    pad_id: int,
-) -> list[torch.Tensor]:
-    """Sequence log-likelihood of each answer option after each prompt: constrained choice, no generation.
-
-    The prompt is prefilled once; each option's tokens are then scored against the shared KV
-    cache, which is cropped back to the prompt after every option.
-
-    Args:
-        llava: The (LoRA-wrapped) LLaVA-OneVision model.
-        prefill: As for :func:`decode_with_anchors`.
-        options: Per image, per option, its token ids (at least one each).
-        pad_id: Id fed where an image has fewer options or shorter ones.
-
-    Returns:
-        Per image, ``(K_i,)`` summed log-probabilities of its ``K_i`` options' tokens.
-
-    """
-    with merged_token_rows(llava):
-        output = llava(**prefill, use_cache=True, logits_to_keep=1)
-        cache, first = output.cache, output.logits[:, -1].float().log_softmax(dim=-1)
-        batch, device = first.shape[0], first.device
-        end = prefill["position_ids"][:, -1]
-        scores = [torch.zeros(len(image_options), device=device) for image_options in options]
-        for k in range(max(len(image_options) for image_options in options)):
-            sequences = [image_options[k] if k < len(image_options) else [pad_id] for image_options in options]
-            width = max(len(sequence) for sequence in sequences)
-            ids = torch.full((batch, width), pad_id, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
-            for row, sequence in enumerate(sequences):
-                ids[row, : len(sequence)] = torch.tensor(sequence, device=device)
-                mask[row, : len(sequence)] = 1
-            total = first.gather(1, ids[:, :1]).squeeze(1)
-            if width > 1:
-                following = llava(
-                    input_ids=ids[:, :-1],
-                    attention_mask=torch.cat([prefill["attention_mask"], mask[:, :-1]], dim=1),
-                    position_ids=end[:, None] + 1 + torch.arange(width - 1, device=device),
-                    cache=cache,
-                    use_cache=True,
-                )
-                log_probs = following.logits.float().log_softmax(dim=-1).gather(2, ids[:, 1:, None]).squeeze(2)
-                total = total + (log_probs * mask[:, 1:]).sum(dim=1)
-                cache.crop(-(width - 1))
-            for row, image_options in enumerate(options):
-                if k < len(image_options):
-                    scores[row][k] = total[row]
-        return scores

@@ -28,7 +28,7 @@ def caption(item: ImageItem) -> str:
     if len(text) > MAX_CAPTION_CHARS:
         text = text[: MAX_CAPTION_CHARS - 1] + "…"
     defect_type = getattr(item, "pred_defect_type", None)
-    kind = "" if defect_type is None else f"type: {defect_type or 'normal'}"
+    kind = "" if defect_type is None else f"type: {', '.join(defect_type) or 'normal'}"
     score = "" if item.pred_score is None else f"score {float(item.pred_score):.2f}"
     return " | ".join(part for part in (kind, text, score) if part)
 

@@ -12,6 +12,7 @@ from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 from tokenizers import AddedToken
 from transformers import LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerBase
 
+from anomalib_genau.dialogue import TokenPair
 from anomalib_genau.prompts import SEG_DEFECT, SEG_NORMAL
 
 # LoRA goes on the decoder's linear layers only; a plain list of names would also hit
@@ -38,7 +39,7 @@ def add_segmentation_tokens(
     model: LlavaOnevisionForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
     seed: int = 0,
-) -> tuple[int, int]:
+) -> TokenPair:
     """Add ``[SEG_defect]`` and ``[SEG_normal]`` and give them fresh embedding rows.
 
     The embedding matrix grows only when the tokenizer outgrows it (Qwen2 checkpoints carry
@@ -46,7 +47,7 @@ def add_segmentation_tokens(
     so the two tokens differ from the start.
 
     Returns:
-        ``([SEG_defect] id, [SEG_normal] id)``.
+        The ids of ``[SEG_normal]`` and ``[SEG_defect]``.
 
     """
     tokenizer.add_tokens(
@@ -67,7 +68,7 @@ def add_segmentation_tokens(
             output[ids] = (output[: min(ids)].float().mean(0) + noise * output[: min(ids)].float().std(0)).to(
                 output.dtype
             )
-    return ids[0], ids[1]
+    return TokenPair(normal=ids[1], defect=ids[0])
 
 
 def apply_adapters(

@@ -1,0 +1,14 @@
+"""The values the commands offer as choices, in a module light enough for ``anomalib-genau --help``.
+
+Pure Python with no imports: the modules that act on these values (data sources, export,
+inferencer) import torch and anomalib, which the argument parser must not load.
+"""
+
+DATASETS = ("MVTecAD", "MPDD", "Visa", "RealIAD")
+"""The anomalib datasets of the cross-dataset protocol, by datamodule name: layouts, sources and taxonomies."""
+
+WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq")
+"""Weight formats of the OpenVINO export: f32, fp16 storage, NNCF INT8 or INT4 weights, NNCF INT8 quantization."""
+
+PRECISIONS = ("f32", "bf16")
+"""Inference precisions of the OpenVINO inferencer (the CPU plugin's ``INFERENCE_PRECISION_HINT``)."""

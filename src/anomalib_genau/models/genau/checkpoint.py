@@ -1,0 +1,110 @@
+"""What a GenAU checkpoint or export must agree on, and the slim adapter checkpoint.
+
+A checkpoint keeps only what training changed (LoRA, new-token deltas, decoder norms, the
+readout, the score calibration, post-processing) plus a reference to its base backbone;
+loading fills the frozen weights back from that backbone. The same configuration check
+guards checkpoints (``GenAU.on_load_checkpoint``) and OpenVINO exports (the inferencer).
+Imports only torch: deployment uses it without the training stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+# Constructor arguments that shape the trained weights or their outputs: a checkpoint only
+# loads onto a model built with the same values.
+ARCHITECTURE_ARGUMENTS = (
+    "vision_layers",
+    "temperature",
+    "lora",
+    "lora_rank",
+    "lora_alpha",
+    "train_projector",
+    "train_vision",
+)
+# The checkpoint entry that names the base backbone and the architecture it was trained with.
+BACKBONE_ENTRY = "genau_backbone"
+# Prefix of the backbone's weights in the Lightning module's state dict.
+BACKBONE_PREFIX = "model.vlm."
+
+
+def plain_value(value: Any) -> Any:
+    """Lists and tuples compare equal (a checkpoint stores sequences as lists)."""
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def architecture(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``ARCHITECTURE_ARGUMENTS`` of a model's constructor arguments, as plain values."""
+    return {key: plain_value(arguments[key]) for key in ARCHITECTURE_ARGUMENTS}
+
+
+def differing_keys(saved: Mapping[str, Any], built: Mapping[str, Any]) -> list[str]:
+    """Keys of ``saved`` whose value differs in ``built`` (a key missing from ``built`` differs)."""
+    return [key for key in saved if plain_value(saved[key]) != plain_value(built.get(key))]
+
+
+def check_architecture(saved: Mapping[str, Any], built: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose adapter or readout arguments differ from the model's.
+
+    They change the weights' shapes or, silently, the outputs (``lora_alpha``, ``temperature``).
+
+    Raises:
+        ValueError: Names the differing arguments and the flags that rebuild the model as trained.
+
+    """
+    differing = differing_keys({k: v for k, v in saved.items() if k in ARCHITECTURE_ARGUMENTS}, built)
+    if differing:
+        trained = ", ".join(f"{key}={plain_value(saved[key])}" for key in differing)
+        model = ", ".join(f"{key}={plain_value(built.get(key))}" for key in differing)
+        flags = " ".join(f"--model.{key} {plain_value(saved[key])}" for key in differing)
+        msg = (
+            f"This checkpoint was trained with {trained}, but the model was built with {model}. "
+            f"Pass {flags}, or load it with GenAU.load_from_checkpoint, which restores them."
+        )
+        raise ValueError(msg)
+
+
+def backbone_reference(backbone: str, fingerprint: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint entry ``BACKBONE_ENTRY``: the base backbone, its fingerprint, the architecture.
+
+    Kept apart from ``hyper_parameters``, which ``load_from_checkpoint`` overwrites with its kwargs.
+    """
+    return {"backbone": backbone, "fingerprint": fingerprint, "architecture": architecture(arguments)}
+
+
+def check_backbone(reference: Mapping[str, Any], backbone: str, fingerprint: str) -> None:
+    """Refuse a checkpoint trained on a backbone with other weights.
+
+    Raises:
+        ValueError: The fingerprints differ; the message names both backbones.
+
+    """
+    if reference["fingerprint"] != fingerprint:
+        msg = (
+            f"This checkpoint was trained on backbone '{reference['backbone']}' (fingerprint "
+            f"{reference['fingerprint']}), but the model loaded '{backbone}' (fingerprint "
+            f"{fingerprint}). Load it with --model.backbone set to its backbone."
+        )
+        raise ValueError(msg)
+
+
+def frozen_backbone_keys(keys: Iterable[str], trainable: set[str]) -> set[str]:
+    """The keys the base backbone restores: its weights and buffers that training leaves alone."""
+    return {key for key in keys if key.startswith(BACKBONE_PREFIX) and key not in trainable}
+
+
+def slim_state_dict(state_dict: dict[str, torch.Tensor], trainable: set[str]) -> None:
+    """Drop the frozen backbone weights from a checkpoint's state dict, in place."""
+    for key in frozen_backbone_keys(state_dict, trainable):
+        del state_dict[key]
+
+
+def restore_state_dict(
+    state_dict: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], trainable: set[str]
+) -> None:
+    """Fill a slim state dict's frozen backbone weights from the model's own, in place."""
+    for key in frozen_backbone_keys(own, trainable):
+        state_dict.setdefault(key, own[key])
