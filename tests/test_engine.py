@@ -1,5 +1,6 @@
 """GenAU through anomalib's Engine: train, test with anomalib's metrics, predict, reload, learn."""
 
+import copy
 import math
 from pathlib import Path
 
@@ -123,6 +124,35 @@ def test_training_learns_to_segment_held_out_images(tiny_backbone: Path, tmp_pat
     assert after["image_AUROC"] > before["image_AUROC"] + 0.05, (before, after)
 
 
+def test_predict_on_a_folder_reads_every_format_and_skips_unreadable_files(
+    trained, target_root: Path, tmp_path: Path
+) -> None:
+    """``anomalib predict --data DIR``: JPEG, 16-bit and nested files predicted, a broken one skipped and reported."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    engine, model, _ = trained
+    folder = tmp_path / "mine"
+    (folder / "nested").mkdir(parents=True)
+    sources = sorted((target_root / "carpet" / "test").rglob("*.png"))[:3]
+    Image.open(sources[0]).save(folder / "a.png")
+    Image.open(sources[1]).convert("RGB").save(folder / "b.JPG")
+    Image.open(sources[2]).save(folder / "nested" / "c.png")
+    gray = np.asarray(Image.open(sources[0]).convert("L"), dtype=np.uint16) * 200  # 16-bit, up to 51000
+    Image.fromarray(gray).save(folder / "d16.png")
+    (folder / "broken.png").write_text("not an image")
+    batches = engine.predict(model=model, data_path=folder, return_predictions=True)
+    predicted = [str(Path(path).relative_to(folder)) for batch in batches for path in batch.image_path]
+    assert predicted == ["a.png", "b.JPG", "d16.png", "nested/c.png"]  # every format, recursive, sorted
+    sixteen = next(batch for batch in batches if batch.image_path[0].endswith("d16.png"))
+    assert 0.05 < float(sixteen.image.mean()) < 0.9  # scaled from 16 bits, not saturated to white
+    lines = [json.loads(line) for line in (Path(engine.trainer.default_root_dir) / "predictions.jsonl").open()]
+    assert [str(Path(line["image_path"]).relative_to(folder)) for line in lines[:-1]] == predicted
+    assert Path(lines[-1]["image_path"]).name == "broken.png" and "Cannot read image" in lines[-1]["error"]
+
+
 def test_checkpoint_holds_only_what_training_changed(trained) -> None:
     engine, model, _ = trained
     checkpoint = torch.load(engine.trainer.checkpoint_callback.best_model_path, weights_only=True, map_location="cpu")
@@ -148,6 +178,33 @@ def test_checkpoint_of_another_backbone_or_config_is_refused(trained, tmp_path: 
         GenAU.load_from_checkpoint(path, vision_layers=[3, 6], weights_only=True)
     with pytest.raises(ValueError, match=r"Pass --model\.lora_rank 8 --model\.lora_alpha 16"):
         GenAU.load_from_checkpoint(path, lora_rank=4, lora_alpha=8, weights_only=True)
+
+
+def test_a_checkpoint_restores_its_inference_settings_unless_they_are_chosen(
+    trained, tiny_backbone: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As ``anomalib predict --model GenAU --ckpt_path`` builds it: defaults take the checkpoint's settings."""
+    engine, _, _ = trained
+    checkpoint = torch.load(engine.trainer.checkpoint_callback.best_model_path, weights_only=True, map_location="cpu")
+    saved = checkpoint["genau_backbone"]["inference"]
+    assert saved == {
+        "score_fusion": True,
+        "high_res_readout": True,
+        "defect_type_mode": "generate",
+        "max_new_tokens": 8,
+    }
+    saved.update(score_fusion=False, defect_type_mode=None)  # as a checkpoint tested with those switches
+    built = GenAU(backbone=str(tiny_backbone))  # every setting at its default
+    with caplog.at_level("INFO"):
+        built.on_load_checkpoint(copy.deepcopy(checkpoint))
+    assert built.inference_settings() == saved
+    assert built.hparams.score_fusion is False
+    assert "restores the checkpoint's inference settings" in caplog.text
+    chosen = GenAU(backbone=str(tiny_backbone), max_new_tokens=5, high_res_readout=False)
+    with caplog.at_level("WARNING"):
+        chosen.on_load_checkpoint(copy.deepcopy(checkpoint))
+    assert chosen.inference_settings() == {**saved, "max_new_tokens": 5, "high_res_readout": False}
+    assert "max_new_tokens=5 overrides the checkpoint's max_new_tokens=8" in caplog.text
 
 
 def test_resuming_from_a_checkpoint_gives_the_same_next_step_loss(

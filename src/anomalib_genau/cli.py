@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def demo(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Export a GenAU checkpoint to OpenVINO IR (f32, fp16, INT8 or INT4 weights, or INT8 quantization)."""
-    from anomalib_genau.data.images import read_rgb
+    from anomalib_genau.data.images import BrokenImageError, read_rgb
     from anomalib_genau.models.genau import GenAU
     from anomalib_genau.prompts import instruction
     from anomalib_genau.taxonomy import object_name
@@ -72,8 +73,21 @@ def export(args: argparse.Namespace) -> None:
     images = None
     if args.quantization_images:
         prompt = instruction(object_name(args.category)) if args.category else None
-        paths = _image_paths(args.quantization_images)[: args.quantization_count]
-        images = [(module.pre_processed(read_rgb(path)[None])[0], prompt) for path in paths]
+        images, skipped = [], 0
+        for path in _image_paths(args.quantization_images):
+            try:
+                pixels = read_rgb(path)
+            except BrokenImageError as error:  # skipped, named and counted: the other images still quantize
+                print(f"anomalib-genau export: skipping {error}", file=sys.stderr)
+                skipped += 1
+                continue
+            images.append((module.pre_processed(pixels[None])[0], prompt))
+            if len(images) == args.quantization_count:
+                break
+        if skipped:
+            print(f"anomalib-genau export: {skipped} unreadable quantization image(s) skipped", file=sys.stderr)
+        if not images:
+            raise SystemExit("anomalib-genau export: none of the --quantization-images could be read.")
     manifest = module.export_openvino(args.export_root, sizes, args.weights, images)
     files = sorted(p for p in manifest.parent.rglob("*") if p.is_file())
     for path in files:
@@ -92,8 +106,13 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _image_paths(items: Sequence[Path]) -> list[Path]:
-    """Image files, with each folder replaced by the ``*.png`` files under it."""
-    return [path for item in items for path in (sorted(item.rglob("*.png")) if item.is_dir() else [item])]
+    """``data.images.image_files``: a missing path or an empty selection ends the command with its message."""
+    from anomalib_genau.data.images import image_files
+
+    try:
+        return image_files(items)
+    except FileNotFoundError as error:
+        raise SystemExit(f"anomalib-genau: {error}") from None
 
 
 def _openvino_properties(pairs: Sequence[str]) -> dict[str, int | str]:
@@ -140,8 +159,10 @@ def infer(args: argparse.Namespace) -> None:
             Image.fromarray(prediction.pred_mask.astype(np.uint8) * 255).save(mask_path)
             record["mask_path"] = str(mask_path)
         print(json.dumps(record))
-    if failed:
-        raise SystemExit(f"anomalib-genau infer: {failed} of {len(paths)} images could not be read.")
+    print(
+        f"anomalib-genau infer: {len(paths) - failed} of {len(paths)} images answered, {failed} unreadable skipped",
+        file=sys.stderr,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

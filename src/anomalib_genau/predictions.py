@@ -5,12 +5,14 @@ of predicted coarse types, ``[]`` when normal, ``null`` when no type was asked f
 ``explanation`` (the model's answer text) and ``mask_path``, a PNG of the predicted mask
 (0/255) written next to the file under ``masks/``. The field names are anomalib's batch
 fields; ``anomalib-genau infer`` (the OpenVINO inferencer's ``GenAUPrediction.summary``)
-writes the same record plus ``input_size``.
+writes the same record plus ``input_size``. A file that could not be read is skipped and, at
+the end of the run, gets a line of its own, as in ``infer``: ``{"image_path": ..., "error": ...}``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import numpy as np
 from anomalib.data import ImageBatch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 
 class PredictionWriter(Callback):
@@ -61,6 +65,19 @@ class PredictionWriter(Callback):
                 record = self.record(item, masks, f"{trainer.global_rank}_{self.count:06d}")
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
                 self.count += 1
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Add a line per unreadable file that the readable loaders skipped, and log their count."""
+        del pl_module
+        from anomalib_genau.data.predict import ReadablePrediction
+
+        skipped = [sample for cb in trainer.callbacks if isinstance(cb, ReadablePrediction) for sample in cb.unreadable]
+        if self.path is None or not skipped:
+            return
+        with self.path.open("a", encoding="utf-8") as file:
+            for sample in skipped:
+                file.write(json.dumps({"image_path": sample.path, "error": sample.reason}, ensure_ascii=False) + "\n")
+        logger.warning("%d unreadable image(s) skipped; %d predicted (%s).", len(skipped), self.count, self.path)
 
     @staticmethod
     def record(item: Any, masks: Path, key: str) -> dict[str, Any]:

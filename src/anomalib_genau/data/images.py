@@ -3,16 +3,18 @@
 anomalib's ``read_image`` calls ``PIL.Image.convert("RGB")``, which saturates 16-bit
 grayscale (``I;16``) images to white; industrial cameras write those. This reader scales
 high-bit-depth images to [0, 1] first. Alpha channels are dropped; palette, CMYK and
-grayscale images are converted to RGB.
+grayscale images are converted to RGB, and EXIF orientation is applied. Torch predict and the
+OpenVINO inferencer read every file through :func:`read_rgb`, so both see the same pixels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.tv_tensors import Image as ImageTensor
 
 # PIL modes whose pixel values exceed 8 bits: divisor that maps them onto [0, 1].
@@ -35,7 +37,8 @@ def read_rgb(path: str | Path) -> ImageTensor:
 
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
             image.load()
             if image.mode in _HIGH_BIT_DEPTH or image.mode in {"I", "F"}:
                 gray = _scaled_gray(image)
@@ -55,3 +58,32 @@ def _scaled_gray(image: Image.Image) -> np.ndarray:
         return np.clip(values, 0.0, 1.0)
     divisor = _HIGH_BIT_DEPTH.get(image.mode) or (65535.0 if values.max() <= 65535 else float(values.max()))
     return np.clip(values / divisor, 0.0, 1.0)
+
+
+def image_files(items: Sequence[str | Path]) -> list[Path]:
+    """The image files named: files as given, folders searched recursively, in sorted order.
+
+    A folder yields every file whose extension anomalib reads (``IMG_EXTENSIONS``, in any case).
+
+    Raises:
+        FileNotFoundError: A path does not exist, or nothing is selected (the message names the
+            folders and the extensions searched).
+
+    """
+    from anomalib.data.utils.path import IMG_EXTENSIONS
+
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(
+                path for path in item.rglob("*") if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
+            )
+        elif item.exists():
+            files.append(item)
+        else:
+            msg = f"No such image file or folder: {item}"
+            raise FileNotFoundError(msg)
+    if not files:
+        msg = f"No image file in {', '.join(map(str, items))} (searched for {', '.join(IMG_EXTENSIONS)})."
+        raise FileNotFoundError(msg)
+    return files

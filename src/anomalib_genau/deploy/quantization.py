@@ -2,7 +2,7 @@
 
 Weight compression needs no data. Post-training quantization (``int8_ptq``) also runs the
 decoder's matrix products on INT8 activations (AMX-INT8 on recent Xeons), which speeds up its
-compute-bound prefill, and needs calibration images: their prefill inputs are captured from the
+compute-bound prefill, and needs quantization images: their prefill inputs are captured from the
 torch model exactly as the inferencer feeds the decoder graph.
 
 The vision tower keeps INT8 weights only: the readout compares its stage features with the

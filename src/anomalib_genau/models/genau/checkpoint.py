@@ -25,6 +25,9 @@ ARCHITECTURE_ARGUMENTS = (
     "train_projector",
     "train_vision",
 )
+# Inference switches a checkpoint was trained and tested with: `anomalib predict/test --ckpt_path`
+# builds the model from its own arguments, so these are restored from the checkpoint unless set.
+INFERENCE_SETTINGS = ("score_fusion", "high_res_readout", "defect_type_mode", "max_new_tokens")
 # The checkpoint entry that names the base backbone and the architecture it was trained with.
 BACKBONE_ENTRY = "genau_backbone"
 # Prefix of the backbone's weights in the Lightning module's state dict.
@@ -67,12 +70,42 @@ def check_architecture(saved: Mapping[str, Any], built: Mapping[str, Any]) -> No
         raise ValueError(msg)
 
 
-def backbone_reference(backbone: str, fingerprint: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint entry ``BACKBONE_ENTRY``: the base backbone, its fingerprint, the architecture.
+def backbone_reference(
+    backbone: str, fingerprint: str, arguments: Mapping[str, Any], inference: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The checkpoint entry ``BACKBONE_ENTRY``: backbone, fingerprint, architecture, inference settings.
 
-    Kept apart from ``hyper_parameters``, which ``load_from_checkpoint`` overwrites with its kwargs.
+    The inference settings (``INFERENCE_SETTINGS``) are those in use when it was saved. The entry
+    is kept apart from ``hyper_parameters``, which ``load_from_checkpoint`` overwrites with its kwargs.
     """
-    return {"backbone": backbone, "fingerprint": fingerprint, "architecture": architecture(arguments)}
+    return {
+        "backbone": backbone,
+        "fingerprint": fingerprint,
+        "architecture": architecture(arguments),
+        "inference": {key: plain_value(inference[key]) for key in INFERENCE_SETTINGS},
+    }
+
+
+def restored_settings(
+    saved: Mapping[str, Any], current: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Which saved inference settings to restore, and which differing ones the model's own arguments override.
+
+    anomalib's CLI builds the model before it reads ``--ckpt_path`` and cannot say which
+    arguments were given: a setting still at its constructor default takes the checkpoint's
+    value; one set to anything else was chosen and wins.
+
+    Returns:
+        ``(restore, overridden)``: setting -> the checkpoint's value.
+
+    """
+    restore, overridden = {}, {}
+    for key, value in saved.items():
+        if key not in INFERENCE_SETTINGS or plain_value(current[key]) == plain_value(value):
+            continue
+        target = restore if plain_value(current[key]) == plain_value(defaults[key]) else overridden
+        target[key] = value
+    return restore, overridden
 
 
 def check_backbone(reference: Mapping[str, Any], backbone: str, fingerprint: str) -> None:

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,6 +41,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import Resize
 from transformers import get_cosine_schedule_with_warmup
 
+from anomalib_genau.data.predict import ReadablePrediction
+from anomalib_genau.data.synthetic_anomalies import SyntheticAnomalies
 from anomalib_genau.predictions import PredictionWriter
 from anomalib_genau.report import CategoryReport
 
@@ -95,6 +98,11 @@ class GenAU(AnomalibModule):
             predict time; their answers are appended to ``explanation``. See the README for
             what the model can answer without description data.
         max_reasoning_tokens: Decoding budget of a reasoning answer, segmentation tokens included.
+        anomaly_probability: One-class training (batches without responses, e.g. a plain
+            ``MVTecAD`` or ``Folder``): the chance that a normal training image is given a
+            synthetic Perlin anomaly (anomalib's DRAEM generator), answered "Yes, anomaly."
+        anomaly_source_path: One-class training: a folder of textures blended into synthetic
+            anomalies (e.g. DTD); ``None`` generates them.
         gradient_checkpointing: Trade compute for activation memory in training (same gradients);
             bf16 is the trainer's ``precision: bf16-mixed``.
         pre_processor: Pre-processor or flag; the default resizes to the backbone's tile size
@@ -131,6 +139,8 @@ class GenAU(AnomalibModule):
         defect_type_mode: str | None = "generate",
         reasoning_questions: Sequence[str] | None = None,
         max_reasoning_tokens: int = 48,
+        anomaly_probability: float = 0.5,
+        anomaly_source_path: str | None = None,
         gradient_checkpointing: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -165,6 +175,7 @@ class GenAU(AnomalibModule):
         if pre_processor is True:
             self.pre_processor = self.configure_pre_processor((self.model.tile_size,) * 2)
         self.loss = GenAULoss(seg_weight=seg_weight, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta)
+        self.synthetic_anomalies = SyntheticAnomalies(anomaly_probability, anomaly_source_path)
         self.learning_rate = learning_rate
         self.warmup_ratio = warmup_ratio
         self.questions = BatchQuestions(defect_type_mode, reasoning_questions or [], max_reasoning_tokens)
@@ -193,9 +204,10 @@ class GenAU(AnomalibModule):
         return Evaluator(test_metrics=test_metrics)
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """Anomalib's component callbacks plus the per-category test report."""
+        """Anomalib's component callbacks, readable predict data, the per-category report and predictions file."""
         callbacks = super().configure_callbacks()
-        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), CategoryReport(), PredictionWriter()]
+        own = [ReadablePrediction(), CategoryReport(), PredictionWriter()]
+        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), *own]
 
     @classmethod
     def configure_visualizer(cls) -> GenAUVisualizer:
@@ -203,17 +215,24 @@ class GenAU(AnomalibModule):
         return GenAUVisualizer()
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Teacher-forced pass; returns the joint loss and logs its two parts."""
+        """Teacher-forced pass; returns the joint loss and logs its two parts.
+
+        Batches with responses (``CrossDataset``, ``GenAUDataModule``) train on their masks and
+        dialogue. Batches without (an anomalib datamodule's train split: normal images only)
+        train one-class: synthetic anomalies are drawn on them, as DRAEM does in its
+        ``training_step``, and every image gets the canonical question and its binary answer.
+        """
         del args, kwargs
         responses = getattr(batch, "response", None)
-        if responses is None or batch.gt_mask is None:
-            msg = (
-                "GenAU trains on batches with masks and responses: use anomalib_genau.data.CrossDataset "
-                "or wrap anomalib datamodules in anomalib_genau.data.GenAUDataModule(source=...)."
-            )
-            raise ValueError(msg)
-        output = self.model(batch.image, getattr(batch, "instruction", None), responses)
-        losses = self.loss(output.lm_loss, output.stage_logits, batch.gt_mask)
+        if responses is None:
+            self.synthetic_anomalies.check_normal(batch.gt_label)
+            images, masks = self.synthetic_anomalies(batch.image)
+            responses = self.synthetic_anomalies.responses(self.model.codec.default_object, masks)
+            instructions = None
+        else:
+            images, masks, instructions = batch.image, batch.gt_mask, getattr(batch, "instruction", None)
+        output = self.model(images, instructions, responses)
+        losses = self.loss(output.lm_loss, output.stage_logits, masks)
         self.log_dict({f"train_{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch.image))
         return losses["loss"]
 
@@ -308,16 +327,36 @@ class GenAU(AnomalibModule):
         """State-dict keys of the parameters training changes."""
         return {name for name, parameter in self.named_parameters() if parameter.requires_grad}
 
+    def inference_settings(self) -> dict[str, Any]:
+        """The inference switches in use (``checkpoint.INFERENCE_SETTINGS``)."""
+        return {
+            "score_fusion": self.model.score_fusion,
+            "high_res_readout": self.model.high_res_readout,
+            "defect_type_mode": self.defect_type_mode,
+            "max_new_tokens": self.model.max_new_tokens,
+        }
+
+    def apply_inference_settings(self, settings: dict[str, Any]) -> None:
+        """Set inference switches (``checkpoint.INFERENCE_SETTINGS``) on the model and in ``hparams``."""
+        for key, value in settings.items():
+            owner = self if key == "defect_type_mode" else self.model
+            setattr(owner, key, value)
+            self.hparams[key] = value
+
     def on_save_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
-        """Save only what training changed, plus a reference to the base backbone (``checkpoint``)."""
+        """Save only what training changed, plus the base backbone and the settings in use (``checkpoint``)."""
         super().on_save_checkpoint(checkpoint_dict)
         checkpoint.slim_state_dict(checkpoint_dict["state_dict"], self.trainable_keys())
         checkpoint_dict[checkpoint.BACKBONE_ENTRY] = checkpoint.backbone_reference(
-            str(self.hparams.backbone), self.model.backbone_fingerprint, self.hparams
+            str(self.hparams.backbone), self.model.backbone_fingerprint, self.hparams, self.inference_settings()
         )
 
     def on_load_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
         """Refuse a checkpoint of another backbone or architecture; fill the frozen weights from this one's.
+
+        The inference settings the checkpoint was saved with are restored where this model's
+        are still the constructor defaults (as anomalib's CLI builds it); settings chosen
+        otherwise win, and both are logged.
 
         Raises:
             ValueError: The checkpoint was trained on a backbone with other weights, or with
@@ -329,6 +368,17 @@ class GenAU(AnomalibModule):
             checkpoint.check_architecture(reference.get("architecture", {}), self.hparams)
             checkpoint.check_backbone(reference, str(self.hparams.backbone), self.model.backbone_fingerprint)
             checkpoint.restore_state_dict(checkpoint_dict["state_dict"], self.state_dict(), self.trainable_keys())
+            defaults = {key: inspect.signature(GenAU).parameters[key].default for key in checkpoint.INFERENCE_SETTINGS}
+            restore, overridden = checkpoint.restored_settings(
+                reference.get("inference", {}), self.inference_settings(), defaults
+            )
+            if restore:
+                logger.info("GenAU restores the checkpoint's inference settings %s.", restore)
+                self.apply_inference_settings(restore)
+            for key, value in overridden.items():
+                logger.warning(
+                    "GenAU's %s=%r overrides the checkpoint's %s=%r.", key, self.inference_settings()[key], key, value
+                )
         super().on_load_checkpoint(checkpoint_dict)
 
     def export_configuration(self) -> dict[str, Any]:
