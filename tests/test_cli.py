@@ -207,8 +207,9 @@ def test_command_choices_are_the_values_of_the_modules_that_take_them() -> None:
     from anomalib_genau.data.sources import DATASET_SOURCES
     from anomalib_genau.data.synthetic import LAYOUT_GENERATORS
     from anomalib_genau.deploy import export, inferencer
+    from anomalib_genau.taxonomy import DATASET_KEYS
 
-    assert tuple(DATASET_SOURCES) == tuple(LAYOUT_GENERATORS) == choices.DATASETS
+    assert tuple(DATASET_SOURCES) == tuple(LAYOUT_GENERATORS) == tuple(DATASET_KEYS) == choices.DATASETS
     assert tuple(export.WEIGHT_FORMATS) == choices.WEIGHT_FORMATS
     assert tuple(inferencer.PRECISIONS) == choices.PRECISIONS
 

@@ -10,6 +10,7 @@ from anomalib.engine import Engine
 
 from anomalib_genau import GenAU, prompts
 from anomalib_genau.data.synthetic_anomalies import SYNTHETIC_ANSWER, SyntheticAnomalies
+from anomalib_genau.taxonomy import object_name
 
 
 def test_synthetic_anomalies_come_with_their_masks_and_binary_answers() -> None:
@@ -53,3 +54,66 @@ def test_plain_mvtec_trains_one_class_on_its_train_split_and_tests_like_anomalib
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(metrics)
     assert all(0.0 <= metrics[name] <= 1.0 for name in ("image_AUROC", "pixel_AUROC"))
+
+
+def test_cross_dataset_mixes_synthetic_anomalies_into_its_normal_training_images(source_root: Path) -> None:
+    from anomalib_genau.data import CrossDataset
+
+    with pytest.raises(ValueError, match=r"synthetic_ratio must be in \[0, 1\], got -0.1"):
+        CrossDataset(source="MVTecAD", source_root=source_root, target=None, synthetic_ratio=-0.1)
+    datamodule = CrossDataset(
+        source="MVTecAD", source_root=source_root, target=None, synthetic_ratio=1.0, multi_type_ratio=0.0
+    )
+    datamodule.setup()
+    train = [datamodule.train_data[i] for i in range(len(datamodule.train_data))]
+    synthetic = [item for item in train if item.response == prompts.response("carpet", [SYNTHETIC_ANSWER])]
+    real = [item for item in train if item.defect_type]
+    assert synthetic and real and len(synthetic) + len(real) == len(train)  # every normal item became synthetic
+    for item in synthetic:  # a mask, and the binary question only
+        binary = {template.format(object=object_name(item.category)) for template in prompts.PROMPT_TEMPLATES}
+        assert item.gt_mask.any() and item.instruction in binary
+    evaluation = [datamodule.val_data[i] for i in range(len(datamodule.val_data))]
+    assert not any(item.response.startswith("Yes, anomaly") for item in evaluation)  # never in validation
+
+
+def test_a_mask_of_another_size_is_resized_to_its_image(source_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    from anomalib_genau.data import CrossDataset
+
+    root = tmp_path / "data"
+    shutil.copytree(source_root / "carpet", root / "carpet")
+    mask_path = sorted((root / "carpet" / "ground_truth").rglob("*.png"))[0]
+    Image.open(mask_path).resize((40, 56)).save(mask_path)
+    datamodule = CrossDataset(source="MVTecAD", source_root=root, target="MVTecAD", target_root=root)
+    datamodule.setup()
+    items = [datamodule.test_data[i] for i in range(len(datamodule.test_data))]
+    item = next(item for item in items if item.mask_path == str(mask_path))
+    assert item.gt_mask.shape == item.image.shape[-2:] and item.gt_mask.any()
+
+
+def test_anomalib_benchmark_pipeline_runs_the_shipped_one_class_config(
+    tiny_backbone: Path, source_root: Path, repo_root: Path, tmp_path: Path
+) -> None:
+    """``anomalib benchmark`` with the shipped one-class config on the tiny stand-in: one epoch, one category."""
+    import csv
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = yaml.safe_load((repo_root / "configs" / "benchmark_one_class.yaml").read_text())
+    model, data = config["benchmark"]["model"]["init_args"], config["benchmark"]["data"]["init_args"]
+    model.update(backbone=str(tiny_backbone), max_epochs=1, max_new_tokens=4)
+    model["image_size"] = [112, 112]
+    data.update(root=str(source_root), category={"grid": ["carpet"]})
+    path = tmp_path / "benchmark.yaml"
+    path.write_text(yaml.safe_dump(config))
+    anomalib = Path(sys.executable).with_name("anomalib")
+    subprocess.run([str(anomalib), "benchmark", "--config", str(path)], cwd=tmp_path, check=True, capture_output=True)
+    (results,) = (tmp_path / "runs" / "benchmark").rglob("results.csv")
+    rows = list(csv.DictReader(results.open()))
+    assert [row["data.init_args.category"] for row in rows] == ["carpet"]
+    assert all(0.0 <= float(row["image_AUROC"]) <= 1.0 and 0.0 <= float(row["pixel_AUROC"]) <= 1.0 for row in rows)

@@ -43,6 +43,8 @@ class GenAUDataModule(AnomalibDataModule):
         target: anomalib datamodule(s) whose test splits are evaluated; ``None`` tests on the
             held-out validation part of the source (a smoke-test setting, not cross-dataset).
         val_split_ratio: Fraction of each source category's test split held out for validation.
+        synthetic_ratio: Fraction of normal training items turned into synthetic anomalies
+            beside the real defects (project's choice: 0, off).
         multi_type_ratio: Fraction of training items asked the multi-type question instead of
             the binary one (project's choice: 0.25; the paper mixes both without a ratio).
         instruction_file: Optional JSON-lines file of image/question/answer records added to
@@ -61,6 +63,7 @@ class GenAUDataModule(AnomalibDataModule):
         target: DataModules | None = None,
         val_split_ratio: float = 0.2,
         multi_type_ratio: float = 0.25,
+        synthetic_ratio: float = 0.0,
         instruction_file: str | Path | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
@@ -79,6 +82,10 @@ class GenAUDataModule(AnomalibDataModule):
         self.target = target
         self.val_split_ratio = val_split_ratio
         self.multi_type_ratio = multi_type_ratio
+        if not 0.0 <= synthetic_ratio <= 1.0:
+            msg = f"synthetic_ratio must be in [0, 1], got {synthetic_ratio}."
+            raise ValueError(msg)
+        self.synthetic_ratio = synthetic_ratio
         self.instruction_file = instruction_file
 
     @staticmethod
@@ -163,7 +170,9 @@ class GenAUDataModule(AnomalibDataModule):
         if self.instruction_file is not None:
             datasets = load_instruction_file(self.instruction_file)
             train += [CategoryData(dataset, category, None) for category, dataset in datasets.items()]
-        self.train_data = InstructionDataset(train, paraphrase_seed=self.seed, multi_type_ratio=self.multi_type_ratio)
+        self.train_data = InstructionDataset(
+            train, self.seed, multi_type_ratio=self.multi_type_ratio, synthetic_ratio=self.synthetic_ratio
+        )
         self.val_data = InstructionDataset([val for _, val in splits])
         self.test_data = InstructionDataset(self._category_data(self.targets)) if self.targets else self.val_data
 
@@ -189,6 +198,7 @@ class CrossDataset(GenAUDataModule):
         target_options: Extra datamodule arguments of the target.
         val_split_ratio: Fraction of each source category's test split held out for validation.
         multi_type_ratio: Fraction of training items asked the multi-type question.
+        synthetic_ratio: Fraction of normal training items turned into synthetic anomalies.
         instruction_file: Optional JSON-lines file of image/question/answer training records.
         train_batch_size: Training batch size.
         eval_batch_size: Validation / test batch size.
@@ -215,6 +225,7 @@ class CrossDataset(GenAUDataModule):
         target_options: dict[str, Any] | None = None,
         val_split_ratio: float = 0.2,
         multi_type_ratio: float = 0.25,
+        synthetic_ratio: float = 0.0,
         instruction_file: str | Path | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
@@ -229,6 +240,7 @@ class CrossDataset(GenAUDataModule):
             target=targets,
             val_split_ratio=val_split_ratio,
             multi_type_ratio=multi_type_ratio,
+            synthetic_ratio=synthetic_ratio,
             instruction_file=instruction_file,
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,

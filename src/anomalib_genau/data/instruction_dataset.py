@@ -25,7 +25,8 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.utils.image import read_mask
 from anomalib.data.utils.split import random_split
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import Transform
+from torchvision.transforms.v2 import InterpolationMode, Transform
+from torchvision.transforms.v2.functional import resize
 from torchvision.tv_tensors import Mask
 
 from anomalib_genau import prompts
@@ -40,6 +41,7 @@ from .dataclasses import GenAUBatch, GenAUItem, type_labels
 from .defect_names import DefectNameReader, folder_defect_names
 from .images import read_rgb
 from .sources import DATASET_SOURCES
+from .synthetic_anomalies import SyntheticAnomalies
 
 logger = logging.getLogger(__name__)
 
@@ -149,16 +151,29 @@ class InstructionDataset(Dataset):
             ``None`` uses the canonical binary instruction (evaluation).
         multi_type_ratio: Fraction of training items whose instruction is the multi-type one
             (only with ``paraphrase_seed``).
+        synthetic_ratio: Fraction of normal training items turned into synthetic anomalies
+            (anomalib's Perlin generator), asked the binary question and answered "Yes, anomaly."
+            (only with ``paraphrase_seed``; AnomalyGPT mixes simulated anomalies with real ones).
 
     Raises:
-        ValueError: ``multi_type_ratio`` is positive and a category has no candidate type.
+        ValueError: ``multi_type_ratio`` is positive and a category has no candidate type, or
+            ``synthetic_ratio`` is outside ``[0, 1]``.
 
     """
 
     def __init__(
-        self, parts: Sequence[CategoryData], paraphrase_seed: int | None = None, multi_type_ratio: float = 0.0
+        self,
+        parts: Sequence[CategoryData],
+        paraphrase_seed: int | None = None,
+        multi_type_ratio: float = 0.0,
+        synthetic_ratio: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= synthetic_ratio <= 1.0:
+            msg = f"synthetic_ratio must be in [0, 1], got {synthetic_ratio}."
+            raise ValueError(msg)
+        self.synthetic_ratio = synthetic_ratio
+        self.synthetic_anomalies = SyntheticAnomalies(probability=1.0)
         self.parts = list(parts)
         self.paraphrase_seed = paraphrase_seed
         self.multi_type_ratio = multi_type_ratio
@@ -220,6 +235,14 @@ class InstructionDataset(Dataset):
         except OSError as error:
             logger.warning("Skipping unreadable sample %s: %s", sample.image_path, error)
             return UnreadableSample(str(sample.image_path), part.category, str(error))
+        if mask.shape[-2:] != image.shape[-2:]:
+            logger.warning(
+                "Mask %s is %s, its image %s: the mask is resized to the image.",
+                sample.mask_path,
+                tuple(mask.shape[-2:]),
+                tuple(image.shape[-2:]),
+            )
+            mask = Mask(resize(mask[None], list(image.shape[-2:]), InterpolationMode.NEAREST)[0])
         if part.dataset.augmentations is not None:
             image, mask = part.dataset.augmentations(image, mask)
         types = sample.defect_type.split(", ") if sample.defect_type else []
@@ -231,6 +254,11 @@ class InstructionDataset(Dataset):
             instruction, response = sample.question, prompts.with_segmentation_tokens(sample.answer)
         elif rng is not None and rng.random() < self.multi_type_ratio:
             instruction, response = type_instruction, prompts.with_segmentation_tokens(prompts.type_answer(types))
+        if label == 0 and rng is not None and rng.random() < self.synthetic_ratio:
+            image, anomaly = self.synthetic_anomalies(image)
+            mask, label, types = Mask(anomaly.to(torch.uint8)), 1, []
+            instruction = prompts.instruction(name, rng)
+            response = self.synthetic_anomalies.responses(name, anomaly[None])[0]
         return GenAUItem(
             image=image,
             gt_label=torch.tensor(label),

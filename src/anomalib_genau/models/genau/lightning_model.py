@@ -103,11 +103,15 @@ class GenAU(AnomalibModule):
             synthetic Perlin anomaly (anomalib's DRAEM generator), answered "Yes, anomaly."
         anomaly_source_path: One-class training: a folder of textures blended into synthetic
             anomalies (e.g. DTD); ``None`` generates them.
+        max_epochs: Epochs anomalib's Engine trains for, when set (anomalib's Benchmark pipeline
+            builds its Engine without trainer arguments); ``None`` leaves them to the trainer.
         gradient_checkpointing: Trade compute for activation memory in training (same gradients);
             bf16 is the trainer's ``precision: bf16-mixed``.
-        pre_processor: Pre-processor or flag; the default resizes to the backbone's tile size
-            (384 x 384 for the real checkpoints); the LLaVA-OneVision processor does the
-            normalisation and the AnyRes tiling.
+        image_size: ``(H, W)`` the default pre-processor resizes to; ``None``: the backbone's
+            tile size (384 x 384 for the real checkpoints). For configs that cannot build a
+            pre-processor object (anomalib's Benchmark pipeline passes plain dictionaries).
+        pre_processor: Pre-processor or flag; the default resizes to ``image_size``; the
+            LLaVA-OneVision processor does the normalisation and the AnyRes tiling.
         post_processor: Post-processor or flag.
         evaluator: Evaluator or flag; the default adds pixel AUPRO to anomalib's metrics.
         visualizer: Visualizer or flag; the default captions anomalib's pictures with the answer.
@@ -141,7 +145,9 @@ class GenAU(AnomalibModule):
         max_reasoning_tokens: int = 48,
         anomaly_probability: float = 0.5,
         anomaly_source_path: str | None = None,
+        max_epochs: int | None = None,
         gradient_checkpointing: bool = False,
+        image_size: Sequence[int] | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -173,9 +179,11 @@ class GenAU(AnomalibModule):
             gradient_checkpointing=gradient_checkpointing,
         )
         if pre_processor is True:
-            self.pre_processor = self.configure_pre_processor((self.model.tile_size,) * 2)
+            size = (int(image_size[0]), int(image_size[1])) if image_size else (self.model.tile_size,) * 2
+            self.pre_processor = self.configure_pre_processor(size)
         self.loss = GenAULoss(seg_weight=seg_weight, tversky_alpha=tversky_alpha, tversky_beta=tversky_beta)
         self.synthetic_anomalies = SyntheticAnomalies(anomaly_probability, anomaly_source_path)
+        self.max_epochs = max_epochs
         self.learning_rate = learning_rate
         self.warmup_ratio = warmup_ratio
         self.questions = BatchQuestions(defect_type_mode, reasoning_questions or [], max_reasoning_tokens)
@@ -467,8 +475,8 @@ class GenAU(AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """No sanity validation: it would decode before training starts."""
-        return {"num_sanity_val_steps": 0}
+        """No sanity validation (it would decode before training starts); ``max_epochs`` when set."""
+        return {"num_sanity_val_steps": 0, **({"max_epochs": self.max_epochs} if self.max_epochs else {})}
 
     @property
     def learning_type(self) -> LearningType:
