@@ -205,7 +205,7 @@ def test_ablation_switches_are_restored_when_a_run_fails(tmp_path: Path, failing
 
 def test_command_choices_are_the_values_of_the_modules_that_take_them() -> None:
     from anomalib_genau.data.sources import DATASET_SOURCES
-    from anomalib_genau.data.synthetic import LAYOUT_GENERATORS
+    from anomalib_genau.data.synthetic_layouts import LAYOUT_GENERATORS
     from anomalib_genau.deploy import export, inferencer
     from anomalib_genau.taxonomy import DATASET_KEYS
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from anomalib_genau.data import CrossDataset, GenAUBatch
 from anomalib_genau.data.images import BrokenImageError, read_rgb
-from anomalib_genau.data.synthetic import (
-    DEFAULT_CATEGORIES,
+from anomalib_genau.data.synthetic import DEFAULT_CATEGORIES
+from anomalib_genau.data.synthetic_layouts import (
     LAYOUT_GENERATORS,
     MPDD_CATEGORIES,
     REAL_IAD_CATEGORIES,

@@ -20,6 +20,7 @@ from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer, export_o
 from anomalib_genau.deploy.inferencer import shared_prefix_length
 from anomalib_genau.deploy.quantization import quantization_samples
 from anomalib_genau.models.genau import GenAU
+from anomalib_genau.models.genau.export import export_configuration
 from anomalib_genau.taxonomy import product_candidates
 
 SIZES = [(112, 112), (112, 224)]
@@ -49,7 +50,8 @@ def trained_module(tiny_backbone: Path) -> GenAU:
 def f32_export(trained_module: GenAU, tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = trained_module
     root = tmp_path_factory.mktemp("ov") / "f32"
-    return export_openvino(module.model, module.post_processor, module.export_configuration(), root, SIZES).parent
+    configuration = export_configuration(module)
+    return export_openvino(module.model, module.post_processor, configuration, root, SIZES).parent
 
 
 @pytest.fixture(scope="module")

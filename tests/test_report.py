@@ -11,7 +11,7 @@ from anomalib.engine import Engine
 
 from anomalib_genau import GenAU
 from anomalib_genau.data import CrossDataset, GenAUBatch
-from anomalib_genau.data.synthetic import LAYOUT_GENERATORS
+from anomalib_genau.data.synthetic_layouts import LAYOUT_GENERATORS
 from anomalib_genau.report import CategoryReport, CategoryRow
 
 COUNTS = {"n_train": 1, "n_test_good": 3, "n_test_per_defect": 2, "image_size": 64}

@@ -33,7 +33,7 @@ def tiny_backbone(args: argparse.Namespace) -> None:
 
 def synthetic_data(args: argparse.Namespace) -> None:
     """Write a generated dataset in the MVTec-AD, MPDD, VisA or Real-IAD layout (or all four)."""
-    from anomalib_genau.data.synthetic import LAYOUT_GENERATORS
+    from anomalib_genau.data.synthetic_layouts import LAYOUT_GENERATORS
 
     counts = {
         "n_train": args.n_train,

@@ -1,4 +1,4 @@
-"""Deterministic synthetic datasets in the MVTec-AD, MPDD, VisA and Real-IAD layouts.
+"""Deterministic synthetic datasets: textures, defect drawings and the MVTec-AD layout.
 
 For demos, tests and smoke runs of the cross-dataset protocol, offline. The MVTec-AD layout
 written under ``root``::
@@ -15,13 +15,13 @@ defect is lighter or darker than its texture at random; a share of each folder i
 1-3 px strokes at 256 px, small blobs, 18-35 grey levels of contrast instead of 60-110.
 ``difficulty.csv`` at the root lists each anomalous image as ``easy`` or ``subtle``.
 Category and defect names follow each dataset, so the paper's taxonomy maps them
-(``carpet/cut -> tear``). The same seed writes the same files.
+(``carpet/cut -> tear``). The same seed writes the same files. The MPDD, VisA and Real-IAD
+layouts are written by :mod:`~anomalib_genau.data.synthetic_layouts`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from anomalib_genau.taxonomy import REAL_IAD_CODES, UnknownDefectError, defect_types, normalize_name
+from anomalib_genau.taxonomy import UnknownDefectError, defect_types, normalize_name
 
 Rng = np.random.Generator
 
@@ -177,21 +177,6 @@ DEFECT_DRAWERS: Mapping[str, Drawing] = {
     "missing": Drawing(_blob),
 }
 
-# Generated categories per layout: category -> original defect names as each dataset records
-# them (MVTec-AD/MPDD folders, VisA annotation labels, Real-IAD codes), all in the taxonomy.
-MPDD_CATEGORIES: Mapping[str, Sequence[str]] = {
-    "bracket_black": ("hole", "scratches"),
-    "metal_plate": ("major_rust", "scratches"),
-}
-VISA_CATEGORIES: Mapping[str, Sequence[str]] = {
-    "candle": ("chunk of wax missing", "different color spot", "extra wax in candle"),
-    "pcb1": ("bent", "melt", "scratch"),
-}
-REAL_IAD_CATEGORIES: Mapping[str, Sequence[str]] = {
-    "audiojack": ("HS", "ZW", "QS"),
-    "bottle_cap": ("AK", "HS", "ZW"),
-}
-
 
 def _drawer(taxonomy_key: str, category: str, name: str) -> Drawing:
     """The drawing of an original defect name: by the name itself, else by its first coarse type."""
@@ -246,7 +231,7 @@ class Counts:
         return int((index + 1) * self.subtle_fraction) > int(index * self.subtle_fraction)
 
 
-class _Painter:
+class Painter:
     """Normal and defective images of one category, drawn from one seeded generator."""
 
     def __init__(self, taxonomy_key: str, category: str, seed: int, index: int, size: int) -> None:
@@ -254,27 +239,32 @@ class _Painter:
         self.rng = np.random.default_rng([seed, index])
 
     def texture(self) -> np.ndarray:
+        """``(size, size, 3)`` float texture of the category, from the painter's generator."""
         return _texture(self.category, self.rng, self.size)
 
     def normal(self) -> np.ndarray:
+        """A normal image, ``(size, size, 3)`` uint8."""
         return np.clip(self.texture(), 0, 255).astype(np.uint8)
 
     def defective(self, names: Sequence[str], subtle: bool) -> tuple[np.ndarray, np.ndarray]:
+        """An image with the named defects drawn and its mask (0 or 255)."""
         drawings = [_drawer(self.taxonomy_key, self.category, name) for name in names]
         return draw_defects(self.texture(), drawings, self.rng, subtle)
 
 
-class _DifficultyLog:
+class DifficultyLog:
     """``difficulty.csv`` at a dataset's root: each generated anomalous image and whether it is subtle."""
 
     def __init__(self, root: Path) -> None:
         self.root, self.rows = root, []
 
     def add(self, image: Path, subtle: bool) -> None:
+        """Record an anomalous image as easy or subtle."""
         self.rows.append([image.relative_to(self.root).as_posix(), "subtle" if subtle else "easy"])
 
     def write(self) -> None:
-        _write_csv(self.root / DIFFICULTY_FILE, ["image", "difficulty"], self.rows)
+        """Write ``difficulty.csv`` at the root."""
+        write_csv(self.root / DIFFICULTY_FILE, ["image", "difficulty"], self.rows)
 
 
 def read_difficulty(root: str | Path) -> dict[str, str]:
@@ -318,9 +308,9 @@ def generate_mvtec_dataset(
 
     """
     root, sizes = Path(root), Counts(n_train, n_test_good, n_test_per_defect, image_size, subtle_fraction)
-    log = _DifficultyLog(root)
+    log = DifficultyLog(root)
     for category_index, (category, defects) in enumerate(categories.items()):
-        painter = _Painter(taxonomy_key, category, seed, category_index, image_size)
+        painter = Painter(taxonomy_key, category, seed, category_index, image_size)
         folder = root / category
         for split, count in (("train", n_train), ("test", n_test_good)):
             (folder / split / "good").mkdir(parents=True, exist_ok=True)
@@ -338,118 +328,8 @@ def generate_mvtec_dataset(
     return root
 
 
-def generate_mpdd_dataset(
-    root: str | Path, categories: Mapping[str, Sequence[str]] = MPDD_CATEGORIES, seed: int = 0, **counts: float
-) -> Path:
-    """Write an MPDD-layout dataset (MVTec-AD's layout, MPDD's categories and defect folders)."""
-    return generate_mvtec_dataset(root, categories, seed=seed, taxonomy_key="mpdd", **counts)
-
-
-def generate_visa_dataset(
-    root: str | Path, categories: Mapping[str, Sequence[str]] = VISA_CATEGORIES, seed: int = 0, **counts: float
-) -> Path:
-    """Write a raw VisA-layout dataset, as anomalib's ``Visa`` datamodule expects before its split.
-
-    Layout::
-
-        split_csv/1cls.csv                         object,split,label,image,mask
-        <category>/image_anno.csv                  image,label,mask (labels are free text)
-        <category>/Data/Images/Normal/0000.JPG
-        <category>/Data/Images/Anomaly/000.JPG
-        <category>/Data/Masks/Anomaly/000.png
-
-    Every category also gets one image with two defects, labelled ``"<first>,<second>"``.
-    """
-    root, sizes = Path(root), Counts(**counts)
-    log, split_rows = _DifficultyLog(root), []
-    for category_index, (category, defects) in enumerate(categories.items()):
-        painter = _Painter("visa", category, seed, category_index, sizes.image_size)
-        images, masks = root / category / "Data" / "Images", root / category / "Data" / "Masks" / "Anomaly"
-        for folder in (images / "Normal", images / "Anomaly", masks):
-            folder.mkdir(parents=True, exist_ok=True)
-        annotation_rows = []
-        for index in range(sizes.n_train + sizes.n_test_good):
-            image_path = f"{category}/Data/Images/Normal/{index:04d}.JPG"
-            Image.fromarray(painter.normal()).save(root / image_path, quality=95)
-            split = "train" if index < sizes.n_train else "test"
-            split_rows.append([category, split, "normal", image_path, ""])
-            annotation_rows.append([image_path, "normal", ""])
-        labels = [[name] for name in defects for _ in range(sizes.n_test_per_defect)]
-        labels.append(list(defects[:2]))
-        for index, names in enumerate(labels):
-            image_path = f"{category}/Data/Images/Anomaly/{index:03d}.JPG"
-            mask_path = f"{category}/Data/Masks/Anomaly/{index:03d}.png"
-            image, mask = painter.defective(names, sizes.subtle(index))
-            Image.fromarray(image).save(root / image_path, quality=95)
-            Image.fromarray(mask).save(root / mask_path)
-            log.add(root / image_path, sizes.subtle(index))
-            split_rows.append([category, "test", "anomaly", image_path, mask_path])
-            annotation_rows.append([image_path, ",".join(names), mask_path])
-        _write_csv(root / category / "image_anno.csv", ["image", "label", "mask"], annotation_rows)
-    _write_csv(root / "split_csv" / "1cls.csv", ["object", "split", "label", "image", "mask"], split_rows)
-    log.write()
-    return root
-
-
-def generate_realiad_dataset(
-    root: str | Path,
-    categories: Mapping[str, Sequence[str]] = REAL_IAD_CATEGORIES,
-    seed: int = 0,
-    resolution: str = "256",
-    **counts: float,
-) -> Path:
-    """Write a Real-IAD-layout dataset with single-view metadata, as anomalib's ``RealIAD`` reads it.
-
-    Layout (``categories`` maps each category to Real-IAD defect codes such as ``"AK"``)::
-
-        realiad_<resolution>/<category>/OK/S0001/<category>_0001_OK_C1_20240101000000.jpg
-        realiad_<resolution>/<category>/NG/<code>/S0009/<category>_0009_NG_<code>_C1_20240101000000.jpg
-        realiad_<resolution>/<category>/NG/<code>/S0009/<category>_0009_NG_<code>_C1_20240101000000_mask.png
-        realiad_jsons/realiad_jsons_sv/<category>.json   {"meta", "train", "test"}
-
-    The images are ``image_size`` pixels whatever ``resolution`` says (it only names the folder).
-    """
-    root, sizes = Path(root), Counts(**counts)
-    log = _DifficultyLog(root)
-    for category_index, (category, codes) in enumerate(categories.items()):
-        painter = _Painter("real_iad", category, seed, category_index, sizes.image_size)
-        folder = root / f"realiad_{resolution}" / category
-        metadata: dict[str, object] = {"meta": {"prefix": "", "normal_class": "OK"}, "train": [], "test": []}
-        kinds = ["OK"] * (sizes.n_train + sizes.n_test_good) + [
-            code for code in codes for _ in range(sizes.n_test_per_defect)
-        ]
-        for number, kind in enumerate(kinds, start=1):
-            stem = f"{category}_{number:04d}_{'OK' if kind == 'OK' else 'NG_' + kind}_C1_20240101000000"
-            relative = Path("OK" if kind == "OK" else f"NG/{kind}") / f"S{number:04d}"
-            (folder / relative).mkdir(parents=True, exist_ok=True)
-            record = {"category": category, "anomaly_class": kind, "image_path": f"{relative}/{stem}.jpg"}
-            if kind == "OK":
-                Image.fromarray(painter.normal()).save(folder / relative / f"{stem}.jpg", quality=95)
-                record["mask_path"] = None
-            else:
-                subtle = sizes.subtle(number)
-                image, mask = painter.defective([REAL_IAD_CODES[kind]], subtle)
-                Image.fromarray(image).save(folder / relative / f"{stem}.jpg", quality=95)
-                log.add(folder / relative / f"{stem}.jpg", subtle)
-                Image.fromarray(mask).save(folder / relative / f"{stem}_mask.png")
-                record["mask_path"] = f"{relative}/{stem}_mask.png"
-            metadata["train" if number <= sizes.n_train else "test"].append(record)
-        json_path = root / "realiad_jsons" / "realiad_jsons_sv" / f"{category}.json"
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(metadata, indent=1))
-    log.write()
-    return root
-
-
-LAYOUT_GENERATORS: Mapping[str, Callable[..., Path]] = {
-    "MVTecAD": generate_mvtec_dataset,
-    "MPDD": generate_mpdd_dataset,
-    "Visa": generate_visa_dataset,
-    "RealIAD": generate_realiad_dataset,
-}
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Write ``rows`` under ``header`` as CSV, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as file:
         writer = csv.writer(file)

@@ -43,12 +43,19 @@ class SyntheticAnomalies:
         if not 0.0 <= probability <= 1.0:
             msg = f"The synthetic anomaly probability must be in [0, 1], got {probability}."
             raise ValueError(msg)
-        self.generator = PerlinAnomalyGenerator(
-            anomaly_source_path=anomaly_source_path, probability=probability, blend_factor=blend_factor
-        )
+        self.options = {
+            "anomaly_source_path": anomaly_source_path,
+            "probability": probability,
+            "blend_factor": blend_factor,
+        }
+        self.generator: PerlinAnomalyGenerator | None = None
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomalies on ``(B, 3, H, W)`` images in ``[0, 1]`` and their ``(B, H, W)`` bool masks (or one image)."""
+        if self.generator is None:
+            # built on first use: constructing it draws from torch's global generator, which
+            # would shift every seeded run that never asks for a synthetic anomaly
+            self.generator = PerlinAnomalyGenerator(**self.options)
         augmented, masks = self.generator(images)
         return augmented.clamp(0, 1), masks.squeeze(-3) > 0.5
 

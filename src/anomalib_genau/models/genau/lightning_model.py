@@ -46,7 +46,7 @@ from anomalib_genau.data.synthetic_anomalies import SyntheticAnomalies
 from anomalib_genau.predictions import PredictionWriter
 from anomalib_genau.report import CategoryReport
 
-from . import checkpoint
+from . import checkpoint, export
 from .loss import GenAULoss
 from .metrics import WeightedF1, WeightedPrecision, WeightedRecall
 from .questions import BatchQuestions
@@ -54,11 +54,6 @@ from .torch_model import GenAUModel
 from .visualizer import GenAUVisualizer
 
 logger = logging.getLogger(__name__)
-
-
-# Validation images that calibrate NNCF's INT8_PTQ quantization: each is a full prefill (~1500
-# tokens at 384 px), so a few images give NNCF's activation ranges thousands of tokens.
-QUANTIZATION_IMAGES = 16
 
 
 class GenAU(AnomalibModule):
@@ -389,14 +384,6 @@ class GenAU(AnomalibModule):
                 )
         super().on_load_checkpoint(checkpoint_dict)
 
-    def export_configuration(self) -> dict[str, Any]:
-        """What an OpenVINO export of this model must agree on with a checkpoint."""
-        return {
-            "backbone": str(self.hparams.backbone),
-            **checkpoint.architecture(self.hparams),
-            "defect_type_mode": self.defect_type_mode,
-        }
-
     def export_openvino(
         self,
         export_root: Path | str,
@@ -404,21 +391,8 @@ class GenAU(AnomalibModule):
         weights: str = "f32",
         quantization_images: Iterable[tuple[torch.Tensor, str | None]] | None = None,
     ) -> Path:
-        """``deploy.export.export_openvino`` on this model; ``image_sizes`` default to the pre-processor's size."""
-        from anomalib_genau.deploy.export import export_openvino
-
-        sizes = image_sizes or [self.input_size()]
-        configuration = self.export_configuration()
-        return export_openvino(
-            self.model, self.post_processor, configuration, export_root, sizes, weights, quantization_images
-        )
-
-    def input_size(self) -> tuple[int, int]:
-        """The pre-processor's resize target (the size GenAU trains and tests at), else the tile size."""
-        size = getattr(getattr(self.pre_processor, "transform", None), "size", None)
-        if isinstance(size, Sequence) and len(size) == 2:
-            return int(size[0]), int(size[1])
-        return (self.model.tile_size,) * 2
+        """Write GenAU's OpenVINO export (``export.export_module``); sizes default to the pre-processor's."""
+        return export.export_module(self, export_root, image_sizes, weights, quantization_images)
 
     def to_openvino(
         self,
@@ -433,33 +407,11 @@ class GenAU(AnomalibModule):
         """What ``anomalib export`` calls: GenAU's graphs and manifest in ``export_root/weights/openvino/``.
 
         GenAU decodes in a loop, so it is exported as several graphs (``anomalib_genau.deploy``)
-        instead of anomalib's single traced graph; load it with ``GenAUOpenVINOInferencer``.
-        ``model_file_name`` is unused (the graphs have fixed names); ``input_size`` defaults to
-        the pre-processor's size; ``compression_type`` maps to a weight format by
-        ``deploy.export.export_weights``; ``INT8_PTQ`` quantizes on the first
-        ``QUANTIZATION_IMAGES`` validation images of ``datamodule``, as anomalib's own export
-        does. anomalib's other export options are logged as ignored.
-
-        Raises:
-            ValueError: An unsupported compression, or ``INT8_PTQ`` without a datamodule.
-
+        instead of anomalib's single traced graph; see ``export.anomalib_export`` for how
+        anomalib's options map onto it. ``model_file_name`` is unused (the graphs have fixed names).
         """
         del model_file_name, args
-        from anomalib_genau.deploy.export import export_weights, quantization_images
-
-        unused = {key for key, value in kwargs.items() if value is not None and key not in {"max_drop", "metric"}}
-        if unused:
-            logger.warning("GenAU's OpenVINO export ignores %s.", ", ".join(sorted(unused)))
-        weights = export_weights(compression_type)
-        images = None
-        if weights == "int8_ptq":
-            if datamodule is None:
-                msg = "GenAU's INT8_PTQ export needs a datamodule: its validation images calibrate the quantization."
-                raise ValueError(msg)
-            datamodule.setup("fit")
-            images = quantization_images(datamodule.val_dataloader(), self.pre_processed, QUANTIZATION_IMAGES)
-        root = Path(export_root) / "weights" / "openvino"
-        return self.export_openvino(root, [input_size] if input_size else None, weights, images)
+        return export.anomalib_export(self, export_root, input_size, compression_type, datamodule, kwargs)
 
     def pre_processed(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` images through the pre-processor's transform, as in testing."""
