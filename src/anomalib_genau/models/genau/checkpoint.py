@@ -9,10 +9,13 @@ Imports only torch: deployment uses it without the training stack.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Constructor arguments that shape the trained weights or their outputs: a checkpoint only
 # loads onto a model built with the same values.
@@ -86,26 +89,61 @@ def backbone_reference(
     }
 
 
-def restored_settings(
+def settings_to_restore(
     saved: Mapping[str, Any], current: Mapping[str, Any], defaults: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Which saved inference settings to restore, and which differing ones the model's own arguments override.
+) -> dict[str, Any]:
+    """The saved inference settings to restore; differing ones the model's own arguments override are logged.
 
     anomalib's CLI builds the model before it reads ``--ckpt_path`` and cannot say which
     arguments were given: a setting still at its constructor default takes the checkpoint's
     value; one set to anything else was chosen and wins.
 
     Returns:
-        ``(restore, overridden)``: setting -> the checkpoint's value.
+        Setting -> the checkpoint's value.
 
     """
-    restore, overridden = {}, {}
+    restore = {}
     for key, value in saved.items():
         if key not in INFERENCE_SETTINGS or plain_value(current[key]) == plain_value(value):
             continue
-        target = restore if plain_value(current[key]) == plain_value(defaults[key]) else overridden
-        target[key] = value
-    return restore, overridden
+        if plain_value(current[key]) == plain_value(defaults[key]):
+            restore[key] = value
+        else:
+            logger.warning("GenAU's %s=%r overrides the checkpoint's %s=%r.", key, current[key], key, value)
+    if restore:
+        logger.info("GenAU restores the checkpoint's inference settings %s.", restore)
+    return restore
+
+
+def load_reference(
+    checkpoint: dict[str, Any],
+    arguments: Mapping[str, Any],
+    fingerprint: str,
+    own_state: Mapping[str, torch.Tensor],
+    trainable: set[str],
+) -> dict[str, Any] | None:
+    """Check a checkpoint's ``BACKBONE_ENTRY`` against the model and fill its frozen weights, in place.
+
+    Args:
+        checkpoint: The Lightning checkpoint dictionary.
+        arguments: The model's constructor arguments (``hparams``).
+        fingerprint: The loaded backbone's fingerprint.
+        own_state: The model's state dict, whose frozen backbone weights fill the slim one.
+        trainable: State-dict keys training changes.
+
+    Returns:
+        The entry, or ``None`` for a checkpoint without one (saved before the entry existed).
+
+    Raises:
+        ValueError: Another backbone, or other adapter or readout arguments.
+
+    """
+    reference = checkpoint.get(BACKBONE_ENTRY)
+    if reference is not None:
+        check_architecture(reference.get("architecture", {}), arguments)
+        check_backbone(reference, str(arguments["backbone"]), fingerprint)
+        restore_state_dict(checkpoint["state_dict"], own_state, trainable)
+    return reference
 
 
 def check_backbone(reference: Mapping[str, Any], backbone: str, fingerprint: str) -> None:

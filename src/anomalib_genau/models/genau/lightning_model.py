@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,6 @@ from .questions import BatchQuestions
 from .torch_model import GenAUModel
 from .visualizer import GenAUVisualizer
 
-logger = logging.getLogger(__name__)
-
 
 class GenAU(AnomalibModule):
     """GenAU anomalib module.
@@ -63,53 +60,43 @@ class GenAU(AnomalibModule):
         backbone: Hugging Face id or local directory of a LLaVA-OneVision checkpoint.
         vision_layers: Vision ``hidden_states`` indices of the readout stages; ``None`` scales
             the paper's (7, 13, 19, 26) to the backbone's depth.
-        temperature: Similarity temperature (project's choice: 0.07).
-        lora_rank: LoRA rank (project's choice: 8).
-        lora_alpha: LoRA alpha (project's choice: 16).
-        lora_dropout: LoRA dropout (project's choice: 0.05).
-        seg_weight: ``lambda`` of the segmentation loss (1.0, "balanced" in the paper).
-        tversky_alpha: Tversky false-positive weight (project's choice: 0.3).
-        tversky_beta: Tversky false-negative weight (project's choice: 0.7).
-        learning_rate: AdamW learning rate (project's choice: 2e-4), no weight decay.
-        warmup_ratio: Fraction of steps of linear warm-up before the cosine decay (project's
-            choice: 0.03).
+        temperature: Similarity temperature.
+        lora_rank: LoRA rank.
+        lora_alpha: LoRA alpha.
+        lora_dropout: LoRA dropout.
+        seg_weight: ``lambda`` of the segmentation loss ("balanced" in the paper).
+        tversky_alpha: Tversky false-positive weight.
+        tversky_beta: Tversky false-negative weight.
+        learning_rate: AdamW learning rate, no weight decay.
+        warmup_ratio: Fraction of the steps of linear warm-up before the cosine decay.
         max_new_tokens: Decoding budget of an answer, segmentation tokens included.
-        default_object: Object name of the prompt for data without a category (``predict``).
-        high_res_readout: Fuse the AnyRes high-resolution readout with the global view at
-            inference (paper 4.2); ``False`` reads the global view only.
-        high_res_weight: Per-stage weight of the high-res map (project's choice: 0.5).
-        score_fusion: Image score = calibrated fusion of the map maximum and the decoder's
-            yes/no log-odds (paper Eq. 6); ``False`` is the "map-max only" ablation.
-        mixing_weight: Weight of the map term in the fused score (project's choice: 0.5).
-        lora: LoRA on the decoder; ``False`` is the "LoRA off" ablation.
-        train_projector: Train the multimodal projector (ablation; frozen by default, as in the paper).
-        train_vision: Train the vision encoder (ablation; frozen by default, as in the paper).
-        defect_type_mode: How test and predict answer "what type is it?" for data that carries
-            the product's candidate types: ``"generate"`` (the paper's: a greedy answer to the
-            multi-type instruction, mapped by the deterministic parser), ``"likelihood"``
-            (the candidate with the highest sequence likelihood, no free generation) or
-            ``None`` (not asked).
-        reasoning_questions: Free-form questions ("Describe the defect.") asked at test and
-            predict time; their answers are appended to ``explanation``. See the README for
-            what the model can answer without description data.
-        max_reasoning_tokens: Decoding budget of a reasoning answer, segmentation tokens included.
-        anomaly_probability: One-class training (batches without responses, e.g. a plain
-            ``MVTecAD`` or ``Folder``): the chance that a normal training image is given a
-            synthetic Perlin anomaly (anomalib's DRAEM generator), answered "Yes, anomaly."
-        anomaly_source_path: One-class training: a folder of textures blended into synthetic
-            anomalies (e.g. DTD); ``None`` generates them.
-        max_epochs: Epochs anomalib's Engine trains for, when set (anomalib's Benchmark pipeline
-            builds its Engine without trainer arguments); ``None`` leaves them to the trainer.
-        gradient_checkpointing: Trade compute for activation memory in training (same gradients);
-            bf16 is the trainer's ``precision: bf16-mixed``.
-        image_size: ``(H, W)`` the default pre-processor resizes to; ``None``: the backbone's
-            tile size (384 x 384 for the real checkpoints). For configs that cannot build a
-            pre-processor object (anomalib's Benchmark pipeline passes plain dictionaries).
-        pre_processor: Pre-processor or flag; the default resizes to ``image_size``; the
-            LLaVA-OneVision processor does the normalisation and the AnyRes tiling.
+        default_object: Object name of the prompt for data without a category.
+        high_res_readout: Fuse the AnyRes high-resolution readout with the global view (paper 4.2).
+        high_res_weight: Per-stage weight of the high-res map.
+        score_fusion: Image score = calibrated fusion of the map maximum and the yes/no
+            log-odds (paper Eq. 6); ``False``: the map maximum.
+        mixing_weight: Weight of the map term in the fused score.
+        lora: LoRA on the decoder (``False``: the "LoRA off" ablation).
+        train_projector: Train the multimodal projector (frozen in the paper).
+        train_vision: Train the vision encoder (frozen in the paper).
+        defect_type_mode: How the type question is answered where the batch carries candidate
+            types: ``"generate"`` (the paper's parsed greedy answer), ``"likelihood"`` (the
+            candidate of highest sequence likelihood) or ``None`` (not asked).
+        reasoning_questions: Free-form questions whose answers are appended to ``explanation``.
+        max_reasoning_tokens: Decoding budget of a reasoning answer.
+        anomaly_probability: One-class training (batches without responses): the chance that a
+            normal image gets a synthetic Perlin anomaly (anomalib's DRAEM generator).
+        anomaly_source_path: One-class training: textures for the anomalies (e.g. DTD); ``None`` generates them.
+        max_epochs: Epochs anomalib's Engine trains for (its Benchmark pipeline passes no trainer arguments).
+        gradient_checkpointing: Trade compute for activation memory in training.
+        image_size: ``(H, W)`` of the default pre-processor; ``None``: the backbone's tile size.
+        pre_processor: Pre-processor or flag; the default resizes only (the LLaVA-OneVision
+            processor normalises and tiles).
         post_processor: Post-processor or flag.
-        evaluator: Evaluator or flag; the default adds pixel AUPRO to anomalib's metrics.
-        visualizer: Visualizer or flag; the default captions anomalib's pictures with the answer.
+        evaluator: Evaluator or flag; the default adds AUPRO and the type metrics.
+        visualizer: Visualizer or flag; the default captions the pictures with the answer.
+
+    The project's choices of defaults are explained in the README.
 
     """
 
@@ -246,7 +233,7 @@ class GenAU(AnomalibModule):
 
     @defect_type_mode.setter
     def defect_type_mode(self, mode: str | None) -> None:
-        self.questions = BatchQuestions(mode, self.questions.reasoning_questions, self.questions.max_reasoning_tokens)
+        self.questions.defect_type_mode = mode
 
     def _inspect(self, batch: Batch) -> Batch:
         """Inference on a batch: scores and maps, the answer as ``explanation``, the defect types."""
@@ -257,26 +244,18 @@ class GenAU(AnomalibModule):
         self.questions.type_outcomes.clear()
 
     def on_test_epoch_end(self) -> None:
-        """Log the multi-type answers that named no candidate or several (the parser's rule decided)."""
-        outcomes = self.questions.type_outcomes
-        if outcomes:
-            counts = {"none": "type_answers_naming_no_candidate", "several": "type_answers_naming_several"}
-            for outcome, name in counts.items():
-                self.log(name, float(outcomes[outcome]), sync_dist=True, reduce_fx="sum")
+        """Log how many multi-type answers named no candidate or several (the parser's rule decided)."""
+        for name, count in self.questions.outcome_counts().items():
+            self.log(name, count, sync_dist=True, reduce_fx="sum")
 
     @torch.no_grad()
     def calibrate(self, dataloader: Iterable[Batch]) -> None:
         """Estimate the fused score's calibration on source images and freeze it.
 
-        During fitting this runs on the validation dataloader (the held-out part of the source
-        test split) before each validation pass, so the PostProcessor's thresholds are set on
-        calibrated scores; testing and predicting never call it. Under DDP the scores of every
-        process's shard are gathered first.
-
-        It decodes the validation images once more than the validation pass does, because it
-        cannot reuse that pass: the PostProcessor (a callback, whose hooks run before the
-        module's) accumulates each validation batch's ``pred_score`` for its thresholds as the
-        batch ends, so the scores must already be fused under this epoch's calibration.
+        Runs on the validation images before each validation pass while fitting, so that the
+        PostProcessor's thresholds see calibrated scores; under DDP every process's shard is
+        gathered first. It cannot reuse the validation pass's decoding: the PostProcessor
+        accumulates each batch's ``pred_score`` as the batch ends, already under this calibration.
         """
         was_training = self.model.training
         self.model.eval()
@@ -355,33 +334,20 @@ class GenAU(AnomalibModule):
         )
 
     def on_load_checkpoint(self, checkpoint_dict: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another backbone or architecture; fill the frozen weights from this one's.
-
-        The inference settings the checkpoint was saved with are restored where this model's
-        are still the constructor defaults (as anomalib's CLI builds it); settings chosen
-        otherwise win, and both are logged.
+        """Refuse another backbone or architecture, fill the frozen weights, restore default inference settings.
 
         Raises:
-            ValueError: The checkpoint was trained on a backbone with other weights, or with
-                other adapter or readout arguments.
+            ValueError: Another backbone, or other adapter or readout arguments (``checkpoint``).
 
         """
-        reference = checkpoint_dict.get(checkpoint.BACKBONE_ENTRY)
+        state = self.state_dict()
+        reference = checkpoint.load_reference(
+            checkpoint_dict, self.hparams, self.model.backbone_fingerprint, state, self.trainable_keys()
+        )
         if reference is not None:
-            checkpoint.check_architecture(reference.get("architecture", {}), self.hparams)
-            checkpoint.check_backbone(reference, str(self.hparams.backbone), self.model.backbone_fingerprint)
-            checkpoint.restore_state_dict(checkpoint_dict["state_dict"], self.state_dict(), self.trainable_keys())
             defaults = {key: inspect.signature(GenAU).parameters[key].default for key in checkpoint.INFERENCE_SETTINGS}
-            restore, overridden = checkpoint.restored_settings(
-                reference.get("inference", {}), self.inference_settings(), defaults
-            )
-            if restore:
-                logger.info("GenAU restores the checkpoint's inference settings %s.", restore)
-                self.apply_inference_settings(restore)
-            for key, value in overridden.items():
-                logger.warning(
-                    "GenAU's %s=%r overrides the checkpoint's %s=%r.", key, self.inference_settings()[key], key, value
-                )
+            saved = reference.get("inference", {})
+            self.apply_inference_settings(checkpoint.settings_to_restore(saved, self.inference_settings(), defaults))
         super().on_load_checkpoint(checkpoint_dict)
 
     def export_openvino(

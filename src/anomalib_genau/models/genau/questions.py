@@ -36,14 +36,30 @@ class BatchQuestions:
     def __init__(
         self, defect_type_mode: str | None, reasoning_questions: Sequence[str], max_reasoning_tokens: int
     ) -> None:
-        if defect_type_mode is not None and defect_type_mode not in TYPE_MODES:
-            msg = f"defect_type_mode must be 'generate', 'likelihood' or None, got {defect_type_mode!r}."
-            raise ValueError(msg)
         self.defect_type_mode = defect_type_mode
         self.reasoning_questions = list(reasoning_questions)
         self.max_reasoning_tokens = max_reasoning_tokens
         # how the multi-type answers of the current test epoch were parsed
         self.type_outcomes: Counter[str] = Counter()
+
+    @property
+    def defect_type_mode(self) -> str | None:
+        """How the type question is answered: ``"generate"``, ``"likelihood"`` or ``None`` (not asked)."""
+        return self._defect_type_mode
+
+    @defect_type_mode.setter
+    def defect_type_mode(self, mode: str | None) -> None:
+        if mode is not None and mode not in TYPE_MODES:
+            msg = f"defect_type_mode must be 'generate', 'likelihood' or None, got {mode!r}."
+            raise ValueError(msg)
+        self._defect_type_mode = mode
+
+    def outcome_counts(self) -> dict[str, float]:
+        """Metric name -> how many multi-type answers this test epoch named no candidate or several."""
+        names = {"none": "type_answers_naming_no_candidate", "several": "type_answers_naming_several"}
+        if not self.type_outcomes:
+            return {}
+        return {name: float(self.type_outcomes[outcome]) for outcome, name in names.items()}
 
     def answer(self, model: GenAUModel, batch: Batch) -> dict[str, Any]:
         """``pred_score``, ``anomaly_map`` and ``explanation``; ``pred_types`` and ``pred_defect_type`` when asked.
