@@ -22,10 +22,39 @@ TINY_MODEL_ARGS = (
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, timeout=900, env=env)
     assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+AFTER_DEMO_MARKER = "<!-- after-demo commands: run verbatim by tests/test_cli.py -->"
+
+
+def _readme_block(repo_root: Path, marker: str) -> str:
+    """The bash block that follows ``marker`` in the README."""
+    return (repo_root / "README.md").read_text().split(f"{marker}\n```bash\n")[1].split("```")[0]
+
+
+def _check_predictions_and_deployment(root: Path, images: Path) -> None:
+    """``anomalib predict``'s pictures and records, the f32 export and the infer records of ``images``."""
+    count = len(list(images.glob("*.png")))
+    assert len(list((root / "predictions").rglob("images/**/*.png"))) == count
+    records = [json.loads(line) for line in next((root / "predictions").rglob("predictions.jsonl")).open()]
+    assert len(records) == count
+    assert set(records[0]) == {"image_path", "pred_score", "pred_label", "pred_defect_type", "explanation", "mask_path"}
+    assert all(Path(root, record["mask_path"]).is_file() for record in records)
+    paths = {path.resolve() for path in images.glob("*.png")}
+    assert {Path(root, record["image_path"]).resolve() for record in records} == paths
+    assert json.loads((root / "exported" / "weights" / "openvino" / "genau.json").read_text())["weights"] == "f32"
+    deployed = {record["image_path"]: record for record in map(json.loads, (root / "deployed.jsonl").open())}
+    assert {Path(root, path).resolve() for path in deployed} == paths
+    for record in deployed.values():  # parity with torch is tested image by image in test_openvino.py
+        assert set(record) == set(records[0]) | {"input_size"}  # one schema: predictions.jsonl's fields
+        assert 0.0 <= record["pred_score"] <= 1.0
+        assert isinstance(record["pred_label"], bool)
+        assert record["input_size"] == [224, 224]  # the pre-processor's size of genau_tiny.yaml
+        assert Path(root, record["mask_path"]).is_file()
 
 
 def test_artifact_commands(tmp_path: Path) -> None:
@@ -71,38 +100,24 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
         assert "image_AUROC_map_max" in parts["trained"][part]
     checkpoint = next(summary_file.parent.rglob("*.ckpt"))
 
-    # the same config through anomalib's own command, after the demo wrote backbone and data
-    _run(str(BIN / "anomalib"), "train", "--config", config, "--trainer.max_epochs", "1", cwd=tmp_path)
-
-    tested = _run(str(BIN / "anomalib"), "test", "--config", config, "--ckpt_path", str(checkpoint), cwd=tmp_path)
+    # the README's after-demo block, verbatim: anomalib test, predict and export, then OpenVINO infer
+    (tmp_path / "configs").symlink_to(repo_root / "configs")
+    (tmp_path / "after_demo.sh").write_text(_readme_block(repo_root, AFTER_DEMO_MARKER))
+    tested = _run("bash", "-euo", "pipefail", "after_demo.sh", cwd=tmp_path)
     assert "pixel_AUROC" in tested.stdout
     assert "| mvtec_ad | carpet |" in tested.stdout
     assert "| mvtec_ad | tile |" in tested.stdout
-    assert (summary_file.parent / "category_report.csv").is_file()
-
+    assert (summary_file.parent.parent / "latest" / "category_report.csv").is_file()  # the test run's folder
+    # the checkpoint's own inference settings, restored: the demo trains and tests with score_fusion false
+    assert "restores the checkpoint's inference settings" in tested.stdout + tested.stderr
     images = tmp_path / "datasets" / "genau_synthetic" / "target" / "carpet" / "test" / "hole"
-    predicted = _run(
-        str(BIN / "anomalib"),
-        "predict",
-        *TINY_MODEL_ARGS,
-        "--ckpt_path",
-        str(checkpoint),
-        "--data",
-        str(images),
-        "--default_root_dir",
-        "predictions",
-        cwd=tmp_path,
-    )
-    count = len(list(images.glob("*.png")))
-    assert len(list((tmp_path / "predictions").rglob("images/**/*.png"))) == count, predicted.stdout
-    records = [json.loads(line) for line in next((tmp_path / "predictions").rglob("predictions.jsonl")).open()]
-    assert len(records) == count
-    assert set(records[0]) == {"image_path", "pred_score", "pred_label", "pred_defect_type", "explanation", "mask_path"}
-    assert all(Path(record["mask_path"]).is_file() for record in records)
-    assert {record["image_path"] for record in records} == {str(path) for path in images.glob("*.png")}
+    _check_predictions_and_deployment(tmp_path, images)
 
-    # deployment: anomalib's export command (INT8 quantization calibrated on the datamodule's validation
-    # images; f32 parity is tested in test_openvino.py), then the OpenVINO inferencer's command on the same images
+    # the same config through anomalib's own training command, after the demo wrote backbone and data
+    _run(str(BIN / "anomalib"), "train", "--config", config, "--trainer.max_epochs", "1", cwd=tmp_path)
+
+    # quantized deployment: anomalib's INT8_PTQ export, calibrated on the datamodule's validation images,
+    # and anomalib-genau's, calibrated on image files
     _run(
         str(BIN / "anomalib"),
         "export",
@@ -112,14 +127,13 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
         "--ckpt_path",
         str(checkpoint),
         "--export_root",
-        "exported",
+        "exported_ptq",
         *("--compression_type", "INT8_PTQ", "--data", "MVTecAD", "--data.root", str(images.parents[2])),
         *("--data.category", "carpet", "--data.num_workers", "0"),
         cwd=tmp_path,
     )
-    export = tmp_path / "exported" / "weights" / "openvino"
+    export = tmp_path / "exported_ptq" / "weights" / "openvino"
     assert json.loads((export / "genau.json").read_text())["weights"] == "int8_ptq"
-    # the same quantization through anomalib-genau's command, calibrated on image files
     quantization = images.parents[1] / "train" / "good"
     listed = _run(
         *(str(BIN / "anomalib-genau"), "export", "--ckpt-path", str(checkpoint), "--export-root", "exported_cli"),
@@ -133,17 +147,10 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     assert 'type="FakeQuantize"' in (tmp_path / "exported_cli" / "language_model.xml").read_text()
     inferred = _run(
         str(BIN / "anomalib-genau"),
-        *("infer", str(export), str(images), "--masks", "masks", "--property", "INFERENCE_NUM_THREADS=1"),
+        *("infer", str(export), str(images), "--property", "INFERENCE_NUM_THREADS=1"),
         cwd=tmp_path,
     )
-    deployed = {record["image_path"]: record for record in map(json.loads, inferred.stdout.strip().splitlines())}
-    assert set(deployed) == {record["image_path"] for record in records}
-    for record in deployed.values():  # parity with torch is tested image by image in test_openvino.py
-        assert set(record) == set(records[0]) | {"input_size"}  # one schema: predictions.jsonl's fields
-        assert 0.0 <= record["pred_score"] <= 1.0
-        assert isinstance(record["pred_label"], bool)
-        assert record["input_size"] == [224, 224]  # the pre-processor's size of genau_tiny.yaml
-        assert Path(tmp_path, record["mask_path"]).is_file()
+    assert len(inferred.stdout.strip().splitlines()) == len(list(images.glob("*.png")))
 
 
 def test_export_takes_quantization_images_with_int8_ptq_only(tmp_path: Path) -> None:

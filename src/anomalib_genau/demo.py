@@ -31,7 +31,7 @@ TestRun = Callable[[Any, Any], dict[str, float]]
 def prepare_demo_artifacts(workdir: Path) -> None:
     """Install the demo's pre-trained tiny backbone and write the source/target datasets under ``workdir`` if missing.
 
-    A random tiny backbone left there by an earlier version is replaced.
+    A random tiny backbone or an outdated pre-trained one left there by an earlier version is replaced.
     """
     from anomalib_genau.data.synthetic import (
         DEFAULT_CATEGORIES,
@@ -39,9 +39,15 @@ def prepare_demo_artifacts(workdir: Path) -> None:
         UNSEEN_CATEGORIES,
         generate_mvtec_dataset,
     )
-    from anomalib_genau.pretraining import MANIFEST, PretrainedBackboneError, install_pretrained_backbone
+    from anomalib_genau.pretraining import (
+        PretrainedBackboneError,
+        check_pretrained_backbone,
+        install_pretrained_backbone,
+    )
 
-    if not (workdir / DEMO_BACKBONE / MANIFEST).is_file():
+    try:
+        check_pretrained_backbone(workdir / DEMO_BACKBONE)
+    except PretrainedBackboneError:
         try:
             install_pretrained_backbone(workdir / DEMO_BACKBONE)
         except PretrainedBackboneError as error:

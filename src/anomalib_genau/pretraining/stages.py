@@ -46,7 +46,10 @@ LANGUAGE_SCHEDULE = Schedule(steps=1500, batch_size=16, learning_rate=2e-3)
 Log = Callable[[str], None]
 
 
-def _optimizer(parameters: list[torch.nn.Parameter], schedule: Schedule) -> tuple[torch.optim.Optimizer, object]:
+def optimizer_with_schedule(
+    parameters: list[torch.nn.Parameter], schedule: Schedule
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (weight decay 0.01) with the schedule's linear warm-up over 5 % of the steps, then cosine decay."""
     optimizer = torch.optim.AdamW(parameters, lr=schedule.learning_rate, weight_decay=0.01)
     warmup = max(1, schedule.steps // 20)
 
@@ -85,7 +88,7 @@ def pretrain_vision_tower(
     )
     torch.manual_seed(seed)
     model = SiglipModel(config).train()
-    optimizer, scheduler = _optimizer(list(model.parameters()), schedule)
+    optimizer, scheduler = optimizer_with_schedule(list(model.parameters()), schedule)
     rng = np.random.default_rng(seed)
     size = vision_config.image_size
     for step in range(schedule.steps):
@@ -163,7 +166,7 @@ def pretrain_language(
     """Train the projector, ``image_newline`` and decoder to caption scenes and answer questions (tower frozen)."""
     model.model.vision_tower.requires_grad_(False)
     parameters = [p for name, p in model.named_parameters() if "vision_tower" not in name]
-    optimizer, scheduler = _optimizer(parameters, schedule)
+    optimizer, scheduler = optimizer_with_schedule(parameters, schedule)
     rng = np.random.default_rng(seed + 1)
     torch.manual_seed(seed + 1)
     probe = _dialogue_batch(processor, rng, schedule.batch_size, image_size)

@@ -1,0 +1,177 @@
+"""Does the tiny stand-in's decoder read local evidence from the image? Probes on generic scenes.
+
+    python benchmarks/image_reading.py [BACKBONE] [--finetune-steps 300] [--learning-rate 1e-3] [--train-tower]
+
+Asks "Are there any marks?" about held-out pre-training scenes (half with marks, half without)
+and prints, next to each other, held-out AUROC of:
+
+- logistic probes on the projected image tokens, mean-pooled (what near-uniform attention gives
+  the answer) and max-pooled (what sharp attention could give it), and on the decoder's last
+  hidden state at the answer position;
+- the decoder's own yes/no log-odds, before and after fine-tuning on this one question
+  (projector and decoder, or everything with ``--train-tower``), with their spread;
+- the greedy answer to "What is the background?": its colour (a global statistic) and its
+  pattern (local structure) against chance.
+
+No anomaly data is involved: GenAU's yes/no answer needs the same reading of local evidence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from anomalib_genau.backbone import load_backbone
+from anomalib_genau.pretraining import SHIPPED_BACKBONE
+from anomalib_genau.pretraining.scenes import BACKGROUNDS, COLOURS, Scene, draw_scene, questions, render
+from anomalib_genau.pretraining.stages import Schedule, optimizer_with_schedule
+
+QUESTION = "Are there any marks?"
+
+
+def marks_scene(rng: np.random.Generator) -> Scene:
+    """A scene with marks, or (half the time) its background alone."""
+    scene = draw_scene(rng)
+    while not scene.marks:
+        scene = draw_scene(rng)
+    return scene if rng.random() < 0.5 else Scene(scene.background, scene.colour, ())
+
+
+def marks_batch(processor, rng: np.random.Generator, count: int) -> tuple[dict, torch.Tensor, torch.Tensor, int]:
+    """Processor inputs with the answers, the LM labels on the answer, ``(count,)`` labels, answer length."""
+    tokenizer = processor.tokenizer
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+        add_generation_prompt=True,
+    )
+    scenes = [marks_scene(rng) for _ in range(count)]
+    texts = [f"{prompt}{'Yes.' if scene.marks else 'No.'}{tokenizer.eos_token}" for scene in scenes]
+    inputs = processor(images=[render(s, rng) for s in scenes], text=texts, return_tensors="pt", padding=True)
+    length = len(tokenizer(f"Yes.{tokenizer.eos_token}", add_special_tokens=False).input_ids)
+    labels = torch.full_like(inputs.input_ids, -100)
+    labels[:, -length:] = inputs.input_ids[:, -length:]
+    return inputs, labels, torch.tensor([bool(scene.marks) for scene in scenes]), length
+
+
+def probe_auroc(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Held-out AUROC of an L2-regularised logistic regression on standardised ``(N, D)`` features."""
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    train, test = (train - mean) / std, (test - mean) / std
+    weight = torch.zeros(train.shape[1] + 1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight], max_iter=200)
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = train @ weight[:-1] + weight[-1]
+        value = torch.nn.functional.binary_cross_entropy_with_logits(logits, train_y.float())
+        value = value + 1e-2 * weight[:-1].square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return float(binary_auroc((test @ weight[:-1] + weight[-1]).detach(), test_y))
+
+
+@torch.no_grad()
+def read_marks(model, processor, seed: int, batches: int = 8) -> dict[str, torch.Tensor]:
+    """Pooled image tokens, answer-position states, yes/no log-odds and labels of held-out scenes."""
+    model.eval()
+    yes, no = (processor.tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("Yes", "No"))
+    rng, rows = np.random.default_rng(seed), []
+    for _ in range(batches):
+        inputs, _, labels, length = marks_batch(processor, rng, 16)
+        tokens = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        output = model(**inputs, output_hidden_states=True)
+        logits = output.logits[:, -length - 1]
+        rows.append(
+            {
+                "mean-pooled image tokens": torch.stack([t.mean(0) for t in tokens.pooler_output]),
+                "max-pooled image tokens": torch.stack([t.max(0).values for t in tokens.pooler_output]),
+                "answer-position state": output.hidden_states[-1][:, -length - 1],
+                "log_odds": logits[:, yes] - logits[:, no],
+                "labels": labels,
+            }
+        )
+    return {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
+
+
+@torch.no_grad()
+def background_answers(model, processor, seed: int, count: int = 40) -> tuple[float, float]:
+    """Share of greedy answers to "What is the background?" naming its colour, and its pattern."""
+    rng, colour, pattern = np.random.default_rng(seed), 0, 0
+    for _ in range(count):
+        scene = draw_scene(rng)
+        question = next(q for q, _ in questions(scene, rng) if q == "What is the background?")
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+            add_generation_prompt=True,
+        )
+        inputs = processor(images=[render(scene, rng)], text=[prompt], return_tensors="pt")
+        output = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+        answer = processor.tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+        colour += scene.colour in answer.split()
+        pattern += scene.background in answer.split()
+    return colour / count, pattern / count
+
+
+def finetune_on_marks(model, processor, steps: int, learning_rate: float, train_tower: bool, seed: int) -> None:
+    """Train on the marks question alone (batches of 16), the tower frozen unless ``train_tower``."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(train_tower or "vision_tower" not in name)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = optimizer_with_schedule(parameters, Schedule(steps, 16, learning_rate))
+    rng = np.random.default_rng(seed)
+    model.train()
+    for step in range(steps):
+        inputs, labels, _, _ = marks_batch(processor, rng, 16)
+        loss = model(**inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"  step {step}: LM loss {loss.item():.4f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("backbone", nargs="?", default=str(SHIPPED_BACKBONE))
+    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--train-tower", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model, processor = load_backbone(args.backbone)
+    train, test = read_marks(model, processor, seed=1), read_marks(model, processor, seed=2)
+    print(f"'{QUESTION}' on {len(test['labels'])} held-out scenes ({args.backbone}); held-out AUROC:")
+    for key in ("mean-pooled image tokens", "max-pooled image tokens", "answer-position state"):
+        print(f"  probe on {key:<26} {probe_auroc(train[key], train['labels'], test[key], test['labels']):.3f}")
+    print(
+        f"  decoder yes/no log-odds            {float(binary_auroc(test['log_odds'], test['labels'])):.3f}"
+        f" (spread {float(test['log_odds'].std()):.4f})"
+    )
+    colour, pattern = background_answers(model, processor, seed=3)
+    print(
+        f"'What is the background?': colour named {colour:.2f} (chance {1 / len(COLOURS):.2f}), "
+        f"pattern named {pattern:.2f} (chance {1 / len(BACKGROUNDS):.2f})"
+    )
+    if args.finetune_steps:
+        tower = "everything" if args.train_tower else "projector and decoder"
+        print(f"fine-tuning {tower} on the marks question: {args.finetune_steps} steps, lr {args.learning_rate}")
+        finetune_on_marks(model, processor, args.finetune_steps, args.learning_rate, args.train_tower, seed=4)
+        test = read_marks(model, processor, seed=2)
+        print(
+            f"  decoder yes/no log-odds after      {float(binary_auroc(test['log_odds'], test['labels'])):.3f}"
+            f" (spread {float(test['log_odds'].std()):.4f})"
+        )
+    print(f"{time.perf_counter() - start:.0f} s, {torch.get_num_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()
