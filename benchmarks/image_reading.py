@@ -28,7 +28,7 @@ from torchmetrics.functional.classification import binary_auroc
 from anomalib_genau.backbone import load_backbone
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
 from anomalib_genau.pretraining.scenes import BACKGROUNDS, COLOURS, Scene, draw_scene, questions, render
-from anomalib_genau.pretraining.stages import Schedule, optimizer_with_schedule
+from anomalib_genau.pretraining.stages import Schedule, dialogue_inputs, optimizer_with_schedule
 
 QUESTION = "Are there any marks?"
 
@@ -41,20 +41,14 @@ def marks_scene(rng: np.random.Generator) -> Scene:
     return scene if rng.random() < 0.5 else Scene(scene.background, scene.colour, ())
 
 
-def marks_batch(processor, rng: np.random.Generator, count: int) -> tuple[dict, torch.Tensor, torch.Tensor, int]:
-    """Processor inputs with the answers, the LM labels on the answer, ``(count,)`` labels, answer length."""
-    tokenizer = processor.tokenizer
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
-        add_generation_prompt=True,
-    )
+def marks_batch(processor, rng: np.random.Generator, count: int) -> tuple[dict, torch.Tensor, int]:
+    """Processor inputs with the answers and their ``labels``, ``(count,)`` has-marks labels, answer length."""
     scenes = [marks_scene(rng) for _ in range(count)]
-    texts = [f"{prompt}{'Yes.' if scene.marks else 'No.'}{tokenizer.eos_token}" for scene in scenes]
-    inputs = processor(images=[render(s, rng) for s in scenes], text=texts, return_tensors="pt", padding=True)
-    length = len(tokenizer(f"Yes.{tokenizer.eos_token}", add_special_tokens=False).input_ids)
-    labels = torch.full_like(inputs.input_ids, -100)
-    labels[:, -length:] = inputs.input_ids[:, -length:]
-    return inputs, labels, torch.tensor([bool(scene.marks) for scene in scenes]), length
+    dialogues = [(QUESTION, "Yes." if scene.marks else "No.") for scene in scenes]
+    inputs = dialogue_inputs(processor, [render(s, rng) for s in scenes], dialogues)
+    tokenizer = processor.tokenizer
+    length = len(tokenizer(f"Yes.{tokenizer.eos_token}", add_special_tokens=False).input_ids)  # "No." is as long
+    return inputs, torch.tensor([bool(scene.marks) for scene in scenes]), length
 
 
 def probe_auroc(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -83,7 +77,8 @@ def read_marks(model, processor, seed: int, batches: int = 8) -> dict[str, torch
     yes, no = (processor.tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("Yes", "No"))
     rng, rows = np.random.default_rng(seed), []
     for _ in range(batches):
-        inputs, _, labels, length = marks_batch(processor, rng, 16)
+        inputs, labels, length = marks_batch(processor, rng, 16)
+        inputs.pop("labels")
         tokens = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
         output = model(**inputs, output_hidden_states=True)
         logits = output.logits[:, -length - 1]
@@ -127,8 +122,8 @@ def finetune_on_marks(model, processor, steps: int, learning_rate: float, train_
     rng = np.random.default_rng(seed)
     model.train()
     for step in range(steps):
-        inputs, labels, _, _ = marks_batch(processor, rng, 16)
-        loss = model(**inputs, labels=labels).loss
+        inputs, _, _ = marks_batch(processor, rng, 16)
+        loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -107,19 +107,15 @@ def pretrain_vision_tower(
     return {k: v for k, v in model.vision_model.state_dict().items() if not k.startswith("head.")}
 
 
-def _dialogue_batch(
-    processor: LlavaOnevisionProcessor, rng: np.random.Generator, batch_size: int, size: int
+def dialogue_inputs(
+    processor: LlavaOnevisionProcessor, images: list[np.ndarray], dialogues: list[tuple[str, str]]
 ) -> dict[str, torch.Tensor]:
-    """Processor inputs of one question per scene, with ``labels`` on the answer tokens only."""
+    """Processor inputs of one (question, answer) per image, with ``labels`` on the answer tokens only."""
     tokenizer = processor.tokenizer
-    images, texts, answers = [], [], []
-    for _ in range(batch_size):
-        scene = draw_scene(rng)
-        pairs = questions(scene, rng)
-        question, answer = pairs[int(rng.integers(len(pairs)))]
+    texts, answers = [], []
+    for question, answer in dialogues:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        images.append(render(scene, rng, size))
         texts.append(f"{prompt}{answer}{tokenizer.eos_token}")
         answers.append(len(tokenizer(f"{answer}{tokenizer.eos_token}", add_special_tokens=False).input_ids))
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
@@ -127,6 +123,19 @@ def _dialogue_batch(
     for row, count in enumerate(answers):  # left padding: every answer ends its row
         labels[row, -count:] = inputs.input_ids[row, -count:]
     return {**inputs, "labels": labels}
+
+
+def _dialogue_batch(
+    processor: LlavaOnevisionProcessor, rng: np.random.Generator, batch_size: int, size: int
+) -> dict[str, torch.Tensor]:
+    """:func:`dialogue_inputs` of random scenes, one random question each."""
+    images, dialogues = [], []
+    for _ in range(batch_size):
+        scene = draw_scene(rng)
+        pairs = questions(scene, rng)
+        dialogues.append(pairs[int(rng.integers(len(pairs)))])
+        images.append(render(scene, rng, size))
+    return dialogue_inputs(processor, images, dialogues)
 
 
 @torch.no_grad()

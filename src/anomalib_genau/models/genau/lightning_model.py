@@ -96,7 +96,7 @@ class GenAU(AnomalibModule):
         evaluator: Evaluator or flag; the default adds AUPRO and the type metrics.
         visualizer: Visualizer or flag; the default captions the pictures with the answer.
 
-    The project's choices of defaults are explained in the README.
+    Which defaults are the project's choices rather than the paper's: the model's README (``models/genau/README.md``).
 
     """
 
