@@ -2,12 +2,17 @@
 
     python benchmarks/deployment.py                       # tiny backbone, 112 px
     python benchmarks/deployment.py --size qwen2-0.5b     # real-size random weights, 384 px
+    python benchmarks/deployment.py --visual-tokens anyres global_pooled --backends "OpenVINO INT8 PTQ"
 
 Prints figures and ratios only; nothing is asserted. One image through the whole answer
 (vision, prefill, greedy decoding of the short answer, readout, post-processing) per call.
 The decoding budget is the short answer's length (``--max-new-tokens`` sets another): the random
 model never stops by itself, a trained one stops there.
 
+
+Each ``--visual-tokens`` budget (what the decoder reads of the image, ``choices.VISUAL_TOKENS``)
+gets its own torch row and export; the speed-up is against torch on the first budget, the
+differences against torch on the same budget.
 
 - latency per image (median) of torch eager fp32 and of the OpenVINO export run as f32
   (f32 weights, f32 inference), bf16 (fp16 weights, bf16 inference), INT8 (NNCF INT8
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
+from anomalib_genau.choices import VISUAL_TOKENS
 from inference import decoder_stage, image_flops, matmul_peak, prompt_length, short_answer_tokens
 from timing import StageClock, cpu_description, median_seconds
 
@@ -71,7 +77,7 @@ def peak_rss_gib() -> float:
     raise RuntimeError(msg)
 
 
-def build_module(backbone: Path, max_new_tokens: int | None) -> torch.nn.Module:
+def build_module(backbone: Path, max_new_tokens: int | None, visual_tokens: str = "anyres") -> torch.nn.Module:
     """A GenAU module as training leaves it: calibrated score, post-processing thresholds set.
 
     ``max_new_tokens=None``: the length of the short answer (see ``inference.short_answer_tokens``).
@@ -79,7 +85,7 @@ def build_module(backbone: Path, max_new_tokens: int | None) -> torch.nn.Module:
     from anomalib_genau.models.genau import GenAU
 
     torch.manual_seed(0)
-    module = GenAU(backbone=str(backbone)).eval()
+    module = GenAU(backbone=str(backbone), visual_tokens=visual_tokens).eval()
     module.model.max_new_tokens = max_new_tokens or short_answer_tokens(module.model)
     module.model.calibration.estimate(torch.rand(16), torch.randn(16))
     post = module.post_processor
@@ -90,9 +96,9 @@ def build_module(backbone: Path, max_new_tokens: int | None) -> torch.nn.Module:
     return module
 
 
-def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int) -> dict:
+def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int, visual_tokens: str) -> dict:
     """Latency of eager fp32 inference, per stage, and its outputs (the reference)."""
-    module = build_module(backbone, max_new_tokens)
+    module = build_module(backbone, max_new_tokens, visual_tokens)
     pixels = module.pre_processed(torch.load(image)[None])
     llava, clock = module.model.llava, StageClock()
     llava.model.vision_tower.forward = clock.wrap("vision", llava.model.vision_tower.forward)
@@ -164,9 +170,11 @@ def peaks() -> dict[str, float]:
 
 
 def print_table(rows: list[tuple]) -> None:
-    """Latency, memory, size and agreement with torch per backend (the first row is torch)."""
-    reference = rows[0][1]
-    reference_map = torch.tensor(reference["map"])
+    """Latency, memory, size and agreement with torch per backend (each budget's first row is its torch)."""
+    baseline = rows[0][2]
+    references = {}
+    for _, budget, record, _, _ in rows:
+        references.setdefault(budget, record)
     print()
     print(
         "| backend | s / image | x torch eager | peak GiB | IR MiB | export s | max map diff | score diff | label |",
@@ -174,10 +182,11 @@ def print_table(rows: list[tuple]) -> None:
     )
     print(" answer |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, record, mib, exported in rows:
-        map_diff = float((torch.tensor(record["map"]) - reference_map).abs().max())
+    for name, budget, record, mib, exported in rows:
+        reference = references[budget]
+        map_diff = float((torch.tensor(record["map"]) - torch.tensor(reference["map"])).abs().max())
         print(
-            f"| {name} | {record['seconds']:.3f} | {reference['seconds'] / record['seconds']:.2f} | "
+            f"| {name} | {record['seconds']:.3f} | {baseline['seconds'] / record['seconds']:.2f} | "
             f"{record['peak_gib']:.2f} | {'-' if mib is None else f'{mib:.1f}'} | "
             f"{'-' if exported is None else f'{exported:.0f}'} | {map_diff:.2e} | "
             f"{abs(record['score'] - reference['score']):.2e} | "
@@ -187,7 +196,7 @@ def print_table(rows: list[tuple]) -> None:
 
 
 def print_profile(
-    rows: list[tuple], flops: float, prefill_tokens: int, decoded_tokens: int, start_peak: dict[str, float]
+    rows: list[tuple], work: dict[str, tuple[float, int]], decoded_tokens: int, start_peak: dict[str, float]
 ) -> None:
     """Per backend: its stages (medians over the timed calls), FLOP/s against the matmul peak.
 
@@ -197,43 +206,46 @@ def print_profile(
     end_peak = peaks()
     peak = {precision: max(start_peak[precision], end_peak[precision]) for precision in end_peak}
     print()
+    flops = ", ".join(f"{budget} {flops / 1e9:.0f}" for budget, (flops, _) in work.items())
     print(
-        f"FLOPs per image {flops / 1e9:.0f} GFLOP (vision on distinct views, prefill, {decoded_tokens} decoded "
+        f"GFLOPs per image {flops} (vision on distinct views, prefill, {decoded_tokens} decoded "
         f"tokens); measured matmul peak f32 {start_peak['f32'] / 1e9:.0f} before the backends, "
         f"{end_peak['f32'] / 1e9:.0f} after; bf16 {start_peak['bf16'] / 1e9:.0f} before, "
         f"{end_peak['bf16'] / 1e9:.0f} after (GFLOP/s)"
     )
     print(
-        f"| backend | vision s | prefill s ({prefill_tokens} tokens) | decoding s ({decoded_tokens} tokens) | "
+        f"| backend | vision s | prefill s (tokens) | decoding s ({decoded_tokens} tokens) | "
         "decoding / prefill | the rest s | GFLOP/s | of its peak |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, record, _, _ in rows:
+    for name, budget, record, _, _ in rows:
         stages = record["stages"]
+        flops, prefill_tokens = work[budget]
         achieved = flops / record["seconds"]
-        of_peak = achieved / peak["f32" if name in {"torch eager fp32", "OpenVINO f32"} else "bf16"]
+        of_peak = achieved / peak["f32" if name.split(" [")[0] in {"torch eager fp32", "OpenVINO f32"} else "bf16"]
         print(
-            f"| {name} | {stages['vision']:.2f} | {stages['prefill']:.2f} | {stages['decoding']:.2f} | "
+            f"| {name} | {stages['vision']:.2f} | {stages['prefill']:.2f} ({prefill_tokens}) | "
+            f"{stages['decoding']:.2f} | "
             f"{stages['decoding'] / stages['prefill']:.0%} | {stages['other']:.2f} | {achieved / 1e9:.0f} | "
             f"{of_peak:.0%} |"
         )
 
 
 def print_ratios(rows: list[tuple]) -> None:
-    """Each compressed backend against OpenVINO bf16 (speed, IR size), each OpenVINO backend against torch."""
-    reference = rows[0][1]
-    by_name = {name: (record, mib) for name, record, mib, _ in rows}
-    bf16 = by_name["OpenVINO bf16"]
+    """Each compressed backend against OpenVINO bf16 of its budget (speed, IR size), each OpenVINO one against torch."""
+    reference = rows[0][2]
+    by_name = {name: (record, mib) for name, _, record, mib, _ in rows}
     print()
-    for name, (record, mib) in by_name.items():
-        if name.startswith("OpenVINO") and name not in {"OpenVINO f32", "OpenVINO bf16"}:
+    for name, budget, record, mib, _ in rows:
+        bf16 = by_name.get(labelled("OpenVINO bf16", budget))
+        if bf16 and name.startswith("OpenVINO") and not name.startswith(("OpenVINO f32", "OpenVINO bf16")):
             print(
                 f"{name} vs OpenVINO bf16: {bf16[0]['seconds'] / record['seconds']:.2f}x faster, "
                 f"IR {mib / bf16[1]:.3f} of the size"
             )
     for name, (record, _) in by_name.items():
         if name.startswith("OpenVINO"):
-            print(f"{name} vs torch eager fp32: {reference['seconds'] / record['seconds']:.2f}x faster")
+            print(f"{name} vs {rows[0][0]}: {reference['seconds'] / record['seconds']:.2f}x faster")
 
 
 def in_subprocess(*args: str) -> dict:
@@ -249,10 +261,17 @@ def folder_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in {".xml", ".bin"}) / 2**20
 
 
+def labelled(name: str, budget: str) -> str:
+    """A row's name: the backend, and the visual-token budget where it is not the paper's."""
+    return name if budget == "anyres" else f"{name} [{budget}]"
+
+
 def openvino_rows(
     module: torch.nn.Module, root: Path, backends: dict, quantization_images: list, image: Path, repeats: int
 ) -> list[tuple]:
     """Export each weight format once and time each backend on it in its own process."""
+    budget = module.model.visual_tokens
+    root = root / budget
     exports, rows = {}, []  # weights -> (manifest, export seconds)
     for name, (weights, precision, properties) in backends.items():
         if weights not in exports:
@@ -263,7 +282,7 @@ def openvino_rows(
         record = in_subprocess(
             "openvino", str(manifest.parent), precision, str(image), str(repeats), json.dumps(properties)
         )
-        rows.append((name, record, folder_mib(manifest.parent), exported))
+        rows.append((labelled(name, budget), budget, record, folder_mib(manifest.parent), exported))
     return rows
 
 
@@ -281,12 +300,16 @@ def main() -> None:
         type=int,
         help="also time INT8 weights with OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE set to this (default 32)",
     )
+    parser.add_argument(
+        "--visual-tokens", nargs="+", choices=VISUAL_TOKENS, default=["anyres"], help="token budgets (rows each)"
+    )
+    parser.add_argument("--backends", nargs="+", help="OpenVINO backends to time (default: all of BACKENDS)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
         if kind == "torch":
-            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]))
+            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]), rest[4])
         else:
             record = openvino_worker(Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]), json.loads(rest[4]))
         print(json.dumps(record))
@@ -303,27 +326,30 @@ def main() -> None:
         torch.save(torch.rand(3, size.image_size, size.image_size), image)
         print(f"GenAU {args.size}, one {size.image_size}x{size.image_size} image, {torch.get_num_threads()} threads")
         print(f"CPU: {cpu_description()}")
-        module = build_module(backbone, args.max_new_tokens)
-        tokens = module.model.max_new_tokens
+        tokens = build_module(backbone, args.max_new_tokens).model.max_new_tokens
         print(f"decoding budget: {tokens} tokens")
         quantization_images = [
             (torch.rand(3, size.image_size, size.image_size), None) for _ in range(args.quantization_images)
         ]
-        start_peak = peaks()
-        reference = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens))
-        rows = [("torch eager fp32", reference, None, None)]
         backends = {**BACKENDS, **(INT4 if args.int4 else {})}
         if args.dq_group_size:
             backends |= dynamic_quantization_backend(args.dq_group_size)
-        rows += openvino_rows(module, root, backends, quantization_images, image, repeats)
-        print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
-        # the random model never emits the segmentation tokens: it decodes the whole budget
+        if args.backends:
+            backends = {name: backends[name] for name in args.backends}
+        start_peak = peaks()
+        rows, work = [], {}
         probe = torch.rand(1, 3, size.image_size, size.image_size)
-        flops = image_flops(module.model, probe, tokens)
-        prefill_tokens = prompt_length(module.model, probe)
+        for budget in args.visual_tokens:
+            module = build_module(backbone, tokens, budget)
+            record = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens), budget)
+            rows.append((labelled("torch eager fp32", budget), budget, record, None, None))
+            rows += openvino_rows(module, root, backends, quantization_images, image, repeats)
+            # the random model never emits the segmentation tokens: it decodes the whole budget
+            work[budget] = (image_flops(module.model, probe, tokens), prompt_length(module.model, probe))
+        print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
 
     print_table(rows)
-    print_profile(rows, flops, prefill_tokens, tokens, start_peak)
+    print_profile(rows, work, tokens, start_peak)
     print_ratios(rows)
 
 

@@ -178,6 +178,15 @@ def test_checkpoint_of_another_backbone_or_config_is_refused(trained, tmp_path: 
         GenAU.load_from_checkpoint(path, vision_layers=[3, 6], weights_only=True)
     with pytest.raises(ValueError, match=r"Pass --model\.lora_rank 8 --model\.lora_alpha 16"):
         GenAU.load_from_checkpoint(path, lora_rank=4, lora_alpha=8, weights_only=True)
+    with pytest.raises(ValueError, match=r"trained with visual_tokens=anyres.*built with visual_tokens=pooled"):
+        GenAU.load_from_checkpoint(path, visual_tokens="pooled", weights_only=True)
+    # a checkpoint saved before visual_tokens existed was trained on anyres tokens
+    older = torch.load(path, weights_only=True, map_location="cpu")
+    del older["genau_backbone"]["architecture"]["visual_tokens"]
+    torch.save(older, tmp_path / "older.ckpt")
+    assert GenAU.load_from_checkpoint(tmp_path / "older.ckpt", weights_only=True).model.visual_tokens == "anyres"
+    with pytest.raises(ValueError, match=r"trained with visual_tokens=anyres.*built with visual_tokens=global"):
+        GenAU.load_from_checkpoint(tmp_path / "older.ckpt", visual_tokens="global", weights_only=True)
 
 
 def test_a_checkpoint_restores_its_inference_settings_unless_they_are_chosen(

@@ -28,11 +28,10 @@ SIZES = [(112, 112), (112, 224)]
 F32_TOLERANCE, BF16_TOLERANCE, INT8_TOLERANCE, INT8_PTQ_TOLERANCE = 1e-3, 5e-2, 5e-2, 5e-2
 
 
-@pytest.fixture(scope="module")
-def trained_module(tiny_backbone: Path) -> GenAU:
+def as_trained(tiny_backbone: Path, **arguments) -> GenAU:
     """A GenAU module as training leaves it: non-zero LoRA, token deltas, calibration and thresholds."""
     torch.manual_seed(0)
-    module = GenAU(backbone=str(tiny_backbone)).eval()
+    module = GenAU(backbone=str(tiny_backbone), **arguments).eval()
     with torch.no_grad():
         for name, parameter in module.model.named_parameters():
             if "lora_B" in name or "trainable_tokens_delta" in name:
@@ -44,6 +43,11 @@ def trained_module(tiny_backbone: Path) -> GenAU:
     for name, value in {"pixel_min": 0.1, "pixel_max": 0.9, "_pixel_threshold": 0.5}.items():
         getattr(post, name).fill_(value)
     return module
+
+
+@pytest.fixture(scope="module")
+def trained_module(tiny_backbone: Path) -> GenAU:
+    return as_trained(tiny_backbone)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +144,25 @@ def test_f32_matches_torch_on_every_size(trained_module: GenAU, f32_export: Path
         assert (prediction.pred_mask == reference["mask"])[~near_threshold].all()
         assert prediction.pred_defect_type == reference["type"]
         assert prediction.explanation == reference["answer"]
+
+
+def test_a_visual_token_budget_is_exported_with_its_model(
+    tiny_backbone: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """The export's decoder reads the budget's tokens, as torch does; a checkpoint of another budget is refused."""
+    from anomalib_genau.data.images import read_rgb
+
+    module = as_trained(tiny_backbone, visual_tokens="global_pooled")
+    root = export_openvino(module.model, module.post_processor, export_configuration(module), tmp_path, [SIZES[0]])
+    inferencer = GenAUOpenVINOInferencer(root.parent)
+    image = read_rgb(images[1])
+    assert len(inferencer.see(inferencer.prepare(image))[0]) == 7 * 7 + 1
+    prediction = inferencer.predict(image, category="carpet")
+    reference = torch_reference(module, image, SIZES[0], "carpet")
+    assert np.abs(prediction.anomaly_map - reference["map"]).max() < F32_TOLERANCE
+    assert prediction.explanation == reference["answer"]
+    with pytest.raises(ExportError, match=r"made with visual_tokens=.global_pooled.*expects visual_tokens=.anyres."):
+        GenAUOpenVINOInferencer(root.parent, expected_configuration={"visual_tokens": "anyres"})
 
 
 def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: list[Path]) -> None:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from anomalib.data import InferenceBatch
 
+from anomalib_genau.choices import VISUAL_TOKENS
 from anomalib_genau.models.genau.loss import GenAULoss
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.models.genau.vision import split_views
@@ -256,3 +257,34 @@ def test_prompts_encoded_apart_from_the_images_equal_the_processors(torch_model:
     assert torch.equal(prompts.input_ids, reference["input_ids"])
     assert torch.equal(prompts.attention_mask, reference["attention_mask"])
     assert int((prompts.input_ids == model.codec.image_token_id).sum()) > 3 * 196
+
+
+def test_visual_token_budgets_shorten_what_the_decoder_reads_but_not_the_readout(tiny_backbone) -> None:
+    """``global`` keeps the global view's tokens of ``anyres``; the pooled budgets are their 2 x 2 bilinear means."""
+    torch.manual_seed(6)
+    images = [torch.rand(3, 112, 224)]  # the global view and 1 x 2 tiles: 3 views of 14 x 14 patches
+    seen = {}
+    for budget in VISUAL_TOKENS:
+        torch.manual_seed(0)
+        model = GenAUModel(str(tiny_backbone), visual_tokens=budget).eval()
+        with torch.no_grad():
+            seen[budget] = model.see(images)
+    patches, newline = 14 * 14, model.llava.model.image_newline
+    assert seen["global"].token_counts == [patches + 1]
+    assert seen["pooled"].token_counts == [3 * 7 * 7 + 1]
+    assert seen["global_pooled"].token_counts == [7 * 7 + 1]
+    assert seen["anyres"].token_counts[0] > 3 * patches
+    global_view = seen["anyres"].image_features[0][:patches]
+    assert torch.allclose(seen["global"].image_features[0][:patches], global_view)
+    grid = global_view.reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
+    pooled = torch.nn.functional.avg_pool2d(grid, 2).permute(0, 2, 3, 1).reshape(7 * 7, -1)
+    assert torch.allclose(seen["global_pooled"].image_features[0][:-1], pooled, atol=1e-5)
+    assert torch.allclose(seen["pooled"].image_features[0][: 7 * 7], pooled, atol=1e-5)
+    for budget, vision in seen.items():
+        assert torch.equal(vision.image_features[0][-1], newline), budget
+        for stage, expected in zip(vision.global_stages, seen["anyres"].global_stages, strict=True):
+            assert torch.equal(stage, expected), budget
+    with torch.no_grad():  # the last model built reads 50 tokens and still maps the whole image
+        assert model.inspect(images).batch.anomaly_map.shape == (1, 1, 112, 224)
+    with pytest.raises(ValueError, match="Unknown visual_tokens 'tiles'; use one of anyres, global, pooled"):
+        GenAUModel(str(tiny_backbone), visual_tokens="tiles")

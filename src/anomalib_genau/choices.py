@@ -12,3 +12,7 @@ WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq")
 
 PRECISIONS = ("f32", "bf16")
 """Inference precisions of the OpenVINO inferencer (the CPU plugin's ``INFERENCE_PRECISION_HINT``)."""
+
+VISUAL_TOKENS = ("anyres", "global", "pooled", "global_pooled")
+"""What the decoder reads of an image: every AnyRes view (the paper's), the global view only, or
+either with LLaVA-OneVision's 2 x 2 pooling of its video frames. The readout always reads every view."""

@@ -57,7 +57,7 @@ class ImageFeaturesGraph(nn.Module):
 
     def forward(self, projector_input: torch.Tensor) -> torch.Tensor:
         """Project, unpad the tile grid, add the newline tokens, prepend the global view."""
-        return image_features(self.model.llava, projector_input, [self.image_size])[0]
+        return image_features(self.model.llava, projector_input, [self.image_size], self.model.visual_tokens)[0]
 
 
 class EmbeddingGraph(nn.Module):

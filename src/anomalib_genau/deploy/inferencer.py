@@ -27,7 +27,7 @@ from anomalib_genau import prompts
 from anomalib_genau.data.images import read_rgb
 from anomalib_genau.dialogue import DialogueCodec
 from anomalib_genau.models.genau.anyres import distinct_views
-from anomalib_genau.models.genau.checkpoint import differing_keys
+from anomalib_genau.models.genau.checkpoint import LEGACY_ARCHITECTURE, differing_keys
 from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_decode
 from anomalib_genau.taxonomy import DATASET_KEYS, object_name, product_candidates
 
@@ -155,7 +155,7 @@ class GenAUOpenVINOInferencer:
         return manifest
 
     def _check_configuration(self, expected: dict[str, Any]) -> None:
-        exported = self.manifest["configuration"]
+        exported = {**LEGACY_ARCHITECTURE, **self.manifest["configuration"]}
         differing = differing_keys(expected, exported)
         if differing:
             got = ", ".join(f"{key}={exported.get(key)!r}" for key in sorted(differing))

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 # loads onto a model built with the same values.
 ARCHITECTURE_ARGUMENTS = (
     "vision_layers",
+    "visual_tokens",
     "temperature",
     "lora",
     "lora_rank",
@@ -28,6 +29,8 @@ ARCHITECTURE_ARGUMENTS = (
     "train_projector",
     "train_vision",
 )
+# Architecture arguments added after checkpoints and exports were first saved: the value those were made with.
+LEGACY_ARCHITECTURE = {"visual_tokens": "anyres"}
 # Inference switches a checkpoint was trained and tested with: `anomalib predict/test --ckpt_path`
 # builds the model from its own arguments, so these are restored from the checkpoint unless set.
 INFERENCE_SETTINGS = ("score_fusion", "high_res_readout", "defect_type_mode", "max_new_tokens")
@@ -61,6 +64,7 @@ def check_architecture(saved: Mapping[str, Any], built: Mapping[str, Any]) -> No
         ValueError: Names the differing arguments and the flags that rebuild the model as trained.
 
     """
+    saved = {**LEGACY_ARCHITECTURE, **saved}
     differing = differing_keys({k: v for k, v in saved.items() if k in ARCHITECTURE_ARGUMENTS}, built)
     if differing:
         trained = ", ".join(f"{key}={plain_value(saved[key])}" for key in differing)

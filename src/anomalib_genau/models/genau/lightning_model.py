@@ -60,6 +60,8 @@ class GenAU(AnomalibModule):
         backbone: Hugging Face id or local directory of a LLaVA-OneVision checkpoint.
         vision_layers: Vision ``hidden_states`` indices of the readout stages; ``None`` scales
             the paper's (7, 13, 19, 26) to the backbone's depth.
+        visual_tokens: What the decoder reads of an image: ``"anyres"`` (the paper's),
+            ``"global"``, ``"pooled"`` or ``"global_pooled"`` (``anomalib_genau.choices``).
         temperature: Similarity temperature.
         lora_rank: LoRA rank.
         lora_alpha: LoRA alpha.
@@ -104,6 +106,7 @@ class GenAU(AnomalibModule):
         self,
         backbone: str = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
         vision_layers: Sequence[int] | None = None,
+        visual_tokens: str = "anyres",
         temperature: float = 0.07,
         lora_rank: int = 8,
         lora_alpha: int = 16,
@@ -145,6 +148,7 @@ class GenAU(AnomalibModule):
         self.model = GenAUModel(
             backbone=backbone,
             vision_layers=vision_layers,
+            visual_tokens=visual_tokens,
             temperature=temperature,
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,

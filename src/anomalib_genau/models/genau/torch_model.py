@@ -27,7 +27,7 @@ from .calibration import ScoreCalibration
 from .decoding import DecodeResult, anchor_states
 from .readout import AnchorReadout, anomaly_map, pad_maps
 from .torch_decoding import decode_with_anchors, option_log_likelihoods
-from .vision import VisionFeatures, encode_views, rgb_images
+from .vision import VisionFeatures, check_visual_tokens, encode_views, rgb_images
 from .vlm import add_segmentation_tokens, apply_adapters, backbone_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class GenAUModel(nn.Module):
     Args:
         backbone: Hugging Face id or local directory of a LLaVA-OneVision checkpoint.
         vision_layers: Vision stages of the readout; ``None`` scales the paper's four stages.
+        visual_tokens: What the decoder reads of an image (``choices.VISUAL_TOKENS``; the
+            paper's ``"anyres"``, see ``vision.image_features``); the readout reads every view.
         temperature: Similarity temperature (project's choice: 0.07).
         lora_rank: LoRA rank (project's choice: 8).
         lora_alpha: LoRA alpha (project's choice: 16).
@@ -133,6 +135,7 @@ class GenAUModel(nn.Module):
         self,
         backbone: str,
         vision_layers: Sequence[int] | None = None,
+        visual_tokens: str = "anyres",
         temperature: float = 0.07,
         lora_rank: int = 8,
         lora_alpha: int = 16,
@@ -149,6 +152,7 @@ class GenAUModel(nn.Module):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.visual_tokens = check_visual_tokens(visual_tokens)
         llava, self.processor = load_backbone(backbone)
         if gradient_checkpointing:
             # non-reentrant: gradients reach LoRA weights although the layer inputs need none
@@ -206,6 +210,7 @@ class GenAUModel(nn.Module):
             processed["pixel_values"].to(self.device),
             processed["image_sizes"].tolist(),
             self.vision_layers,
+            self.visual_tokens,
         )
 
     def prompts(self, vision: VisionFeatures, instructions: Sequence[str] | None) -> Prompts:

@@ -13,6 +13,8 @@ import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
+from anomalib_genau.choices import VISUAL_TOKENS
+
 from .anyres import distinct_views
 
 ImageSizes = torch.Tensor | Sequence[Sequence[int]]
@@ -87,19 +89,54 @@ def tower(
     return projector_input, [hidden[layer] for layer in stages]
 
 
+def check_visual_tokens(visual_tokens: str) -> str:
+    """``visual_tokens`` if it names a token budget of ``choices.VISUAL_TOKENS``.
+
+    Raises:
+        ValueError: An unknown name; the message lists the valid ones.
+
+    """
+    if visual_tokens not in VISUAL_TOKENS:
+        msg = f"Unknown visual_tokens '{visual_tokens}'; use one of {', '.join(VISUAL_TOKENS)}."
+        raise ValueError(msg)
+    return visual_tokens
+
+
 def image_features(
-    llava: LlavaOnevisionForConditionalGeneration, projector_input: torch.Tensor, image_sizes: ImageSizes
+    llava: LlavaOnevisionForConditionalGeneration,
+    projector_input: torch.Tensor,
+    image_sizes: ImageSizes,
+    visual_tokens: str = "anyres",
 ) -> list[torch.Tensor]:
-    """Project the views' features and pack each image's AnyRes grid: per image ``(T_i, D)``.
+    """Project the views' features and pack each image's tokens: per image ``(T_i, D)``.
 
     The tail of transformers' ``get_image_features``, which cannot take precomputed tower
     features (``encode_views`` runs the tower on distinct views only).
+
+    Args:
+        llava: The LLaVA-OneVision model.
+        projector_input: ``(sum P_i, N, C)`` tower features of every image's views, global first.
+        image_sizes: ``(B, 2)`` sizes ``(H, W)`` given to the image processor.
+        visual_tokens: The token budget (``choices.VISUAL_TOKENS``): ``"anyres"``, transformers'
+            packing of the global view and the unpadded tile grid with a newline token per row;
+            ``"global"``, the global view and one newline token (``N + 1``); ``"pooled"`` and
+            ``"global_pooled"``, the same views through LLaVA-OneVision's 2 x 2 pooling of video
+            frames, concatenated with one newline token as it lays out a video (``P_i * N / 4 + 1``).
+
     """
+    counts = view_counts(llava, image_sizes)
+    if visual_tokens.startswith("global"):
+        projector_input = projector_input[[sum(counts[:i]) for i in range(len(counts))]]
+        counts = [1] * len(counts)
     if llava.config.vision_feature_select_strategy == "default":
         projector_input = projector_input[:, 1:]
     projected = llava.model.multi_modal_projector(projector_input)
+    if visual_tokens.endswith("pooled"):
+        newline = llava.model.image_newline[None].to(projected.dtype)
+        pooled = llava.model.apply_pooling(projected)
+        return [torch.cat([views.flatten(0, 1), newline]) for views in torch.split(pooled, counts)]
     packed, _ = llava.model.pack_image_features(
-        torch.split(projected, view_counts(llava, image_sizes)),
+        torch.split(projected, counts),
         size_list(image_sizes),
         image_newline=llava.model.image_newline,
         vision_aspect_ratio=llava.config.vision_aspect_ratio,
@@ -135,6 +172,7 @@ def encode_views(
     pixel_values: torch.Tensor,
     image_sizes: ImageSizes,
     stages: Sequence[int],
+    visual_tokens: str = "anyres",
 ) -> VisionFeatures:
     """Run the vision tower once per distinct view, for the decoder's image features and for the readout.
 
@@ -143,6 +181,7 @@ def encode_views(
         pixel_values: ``(B, P, 3, s, s)`` views from the image processor (zero-padded to the most views).
         image_sizes: ``(B, 2)`` sizes ``(H, W)`` given to the image processor.
         stages: Vision ``hidden_states`` indices of the readout stages.
+        visual_tokens: What the decoder reads of each image (:func:`image_features`).
 
     """
     counts = view_counts(llava, image_sizes)
@@ -155,6 +194,6 @@ def encode_views(
     )
     with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
         projector_input, stage_features = tower(llava, distinct.to(llava.dtype), stages)
-        features = image_features(llava, projector_input[inverse], image_sizes)
+        features = image_features(llava, projector_input[inverse], image_sizes, visual_tokens)
     global_stages, tile_stages = split_views(llava, [stage[inverse] for stage in stage_features], image_sizes)
     return VisionFeatures(features, global_stages, tile_stages, size_list(image_sizes))
