@@ -240,7 +240,7 @@ def print_ratios(rows: list[tuple]) -> None:
         bf16 = by_name.get(labelled("OpenVINO bf16", budget))
         if bf16 and name.startswith("OpenVINO") and not name.startswith(("OpenVINO f32", "OpenVINO bf16")):
             print(
-                f"{name} vs OpenVINO bf16: {bf16[0]['seconds'] / record['seconds']:.2f}x faster, "
+                f"{name} vs {labelled('OpenVINO bf16', budget)}: {bf16[0]['seconds'] / record['seconds']:.2f}x faster, "
                 f"IR {mib / bf16[1]:.3f} of the size"
             )
     for name, (record, _) in by_name.items():
