@@ -182,11 +182,12 @@ def print_table(rows: list[tuple]) -> None:
     )
     print(" answer |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, budget, record, mib, exported in rows:
+    for backend, budget, record, mib, exported in rows:
         reference = references[budget]
         map_diff = float((torch.tensor(record["map"]) - torch.tensor(reference["map"])).abs().max())
         print(
-            f"| {name} | {record['seconds']:.3f} | {baseline['seconds'] / record['seconds']:.2f} | "
+            f"| {labelled(backend, budget)} | {record['seconds']:.3f} | "
+            f"{baseline['seconds'] / record['seconds']:.2f} | "
             f"{record['peak_gib']:.2f} | {'-' if mib is None else f'{mib:.1f}'} | "
             f"{'-' if exported is None else f'{exported:.0f}'} | {map_diff:.2e} | "
             f"{abs(record['score'] - reference['score']):.2e} | "
@@ -218,13 +219,13 @@ def print_profile(
         "decoding / prefill | the rest s | GFLOP/s | of its peak |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for name, budget, record, _, _ in rows:
+    for backend, budget, record, _, _ in rows:
         stages = record["stages"]
         flops, prefill_tokens = work[budget]
         achieved = flops / record["seconds"]
-        of_peak = achieved / peak["f32" if name.split(" [")[0] in {"torch eager fp32", "OpenVINO f32"} else "bf16"]
+        of_peak = achieved / peak["f32" if backend in {"torch eager fp32", "OpenVINO f32"} else "bf16"]
         print(
-            f"| {name} | {stages['vision']:.2f} | {stages['prefill']:.2f} ({prefill_tokens}) | "
+            f"| {labelled(backend, budget)} | {stages['vision']:.2f} | {stages['prefill']:.2f} ({prefill_tokens}) | "
             f"{stages['decoding']:.2f} | "
             f"{stages['decoding'] / stages['prefill']:.0%} | {stages['other']:.2f} | {achieved / 1e9:.0f} | "
             f"{of_peak:.0%} |"
@@ -233,19 +234,20 @@ def print_profile(
 
 def print_ratios(rows: list[tuple]) -> None:
     """Each compressed backend against OpenVINO bf16 of its budget (speed, IR size), each OpenVINO one against torch."""
-    reference = rows[0][2]
-    by_name = {name: (record, mib) for name, _, record, mib, _ in rows}
+    baseline = labelled(rows[0][0], rows[0][1]), rows[0][2]
+    by_row = {(backend, budget): (record, mib) for backend, budget, record, mib, _ in rows}
     print()
-    for name, budget, record, mib, _ in rows:
-        bf16 = by_name.get(labelled("OpenVINO bf16", budget))
-        if bf16 and name.startswith("OpenVINO") and not name.startswith(("OpenVINO f32", "OpenVINO bf16")):
+    for (backend, budget), (record, mib) in by_row.items():
+        bf16 = by_row.get(("OpenVINO bf16", budget))
+        if bf16 and backend.startswith("OpenVINO") and backend not in {"OpenVINO f32", "OpenVINO bf16"}:
             print(
-                f"{name} vs {labelled('OpenVINO bf16', budget)}: {bf16[0]['seconds'] / record['seconds']:.2f}x faster, "
-                f"IR {mib / bf16[1]:.3f} of the size"
+                f"{labelled(backend, budget)} vs {labelled('OpenVINO bf16', budget)}: "
+                f"{bf16[0]['seconds'] / record['seconds']:.2f}x faster, IR {mib / bf16[1]:.3f} of the size"
             )
-    for name, (record, _) in by_name.items():
-        if name.startswith("OpenVINO"):
-            print(f"{name} vs {rows[0][0]}: {reference['seconds'] / record['seconds']:.2f}x faster")
+    for (backend, budget), (record, _) in by_row.items():
+        if backend.startswith("OpenVINO"):
+            speed_up = baseline[1]["seconds"] / record["seconds"]
+            print(f"{labelled(backend, budget)} vs {baseline[0]}: {speed_up:.2f}x faster")
 
 
 def in_subprocess(*args: str) -> dict:
@@ -282,7 +284,7 @@ def openvino_rows(
         record = in_subprocess(
             "openvino", str(manifest.parent), precision, str(image), str(repeats), json.dumps(properties)
         )
-        rows.append((labelled(name, budget), budget, record, folder_mib(manifest.parent), exported))
+        rows.append((name, budget, record, folder_mib(manifest.parent), exported))
     return rows
 
 
@@ -326,8 +328,6 @@ def main() -> None:
         torch.save(torch.rand(3, size.image_size, size.image_size), image)
         print(f"GenAU {args.size}, one {size.image_size}x{size.image_size} image, {torch.get_num_threads()} threads")
         print(f"CPU: {cpu_description()}")
-        tokens = build_module(backbone, args.max_new_tokens).model.max_new_tokens
-        print(f"decoding budget: {tokens} tokens")
         quantization_images = [
             (torch.rand(3, size.image_size, size.image_size), None) for _ in range(args.quantization_images)
         ]
@@ -340,12 +340,14 @@ def main() -> None:
         rows, work = [], {}
         probe = torch.rand(1, 3, size.image_size, size.image_size)
         for budget in args.visual_tokens:
-            module = build_module(backbone, tokens, budget)
+            module = build_module(backbone, args.max_new_tokens, budget)
+            tokens = module.model.max_new_tokens  # the same for every budget: the short answer's length
             record = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens), budget)
-            rows.append((labelled("torch eager fp32", budget), budget, record, None, None))
+            rows.append(("torch eager fp32", budget, record, None, None))
             rows += openvino_rows(module, root, backends, quantization_images, image, repeats)
             # the random model never emits the segmentation tokens: it decodes the whole budget
             work[budget] = (image_flops(module.model, probe, tokens), prompt_length(module.model, probe))
+        print(f"decoding budget: {tokens} tokens")
         print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
 
     print_table(rows)

@@ -76,6 +76,11 @@ def view_counts(llava: LlavaOnevisionForConditionalGeneration, image_sizes: Imag
     ]
 
 
+def global_view_indices(counts: Sequence[int]) -> list[int]:
+    """Where each image's global view lies among all images' views, given the views per image."""
+    return [sum(counts[:i]) for i in range(len(counts))]
+
+
 def tower(
     llava: LlavaOnevisionForConditionalGeneration, views: torch.Tensor, stages: Sequence[int]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -126,7 +131,7 @@ def image_features(
     """
     counts = view_counts(llava, image_sizes)
     if visual_tokens.startswith("global"):
-        projector_input = projector_input[[sum(counts[:i]) for i in range(len(counts))]]
+        projector_input = projector_input[global_view_indices(counts)]
         counts = [1] * len(counts)
     if llava.config.vision_feature_select_strategy == "default":
         projector_input = projector_input[:, 1:]
@@ -159,7 +164,7 @@ def split_views(
 
     """
     counts = view_counts(llava, image_sizes)
-    starts = [sum(counts[:i]) for i in range(len(counts))]
+    starts = global_view_indices(counts)
     global_stages = [stage[starts] for stage in stages]
     tile_stages = [
         [stage[start + 1 : start + count] for stage in stages] for start, count in zip(starts, counts, strict=True)
