@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from anomalib_genau.data.images import BrokenImageError
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
 from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer, export_openvino
 from anomalib_genau.deploy.inferencer import shared_prefix_length
+from anomalib_genau.deploy.manifest import FORMAT_VERSION
 from anomalib_genau.deploy.quantization import quantization_samples
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.models.genau.export import export_configuration
@@ -28,25 +30,8 @@ SIZES = [(112, 112), (112, 224)]
 F32_TOLERANCE, BF16_TOLERANCE, INT8_TOLERANCE, INT8_PTQ_TOLERANCE = 1e-3, 5e-2, 5e-2, 5e-2
 
 
-def as_trained(tiny_backbone: Path, **arguments) -> GenAU:
-    """A GenAU module as training leaves it: non-zero LoRA, token deltas, calibration and thresholds."""
-    torch.manual_seed(0)
-    module = GenAU(backbone=str(tiny_backbone), **arguments).eval()
-    with torch.no_grad():
-        for name, parameter in module.model.named_parameters():
-            if "lora_B" in name or "trainable_tokens_delta" in name:
-                parameter.normal_(0, 0.05)
-    module.model.calibration.estimate(torch.rand(16), torch.randn(16))
-    post = module.post_processor
-    for name, value in {"image_min": 0.2, "image_max": 0.8, "_image_threshold": 0.45}.items():
-        getattr(post, name).fill_(value)
-    for name, value in {"pixel_min": 0.1, "pixel_max": 0.9, "_pixel_threshold": 0.5}.items():
-        getattr(post, name).fill_(value)
-    return module
-
-
 @pytest.fixture(scope="module")
-def trained_module(tiny_backbone: Path) -> GenAU:
+def trained_module(tiny_backbone: Path, as_trained: Callable[..., GenAU]) -> GenAU:
     return as_trained(tiny_backbone)
 
 
@@ -147,7 +132,7 @@ def test_f32_matches_torch_on_every_size(trained_module: GenAU, f32_export: Path
 
 
 def test_a_visual_token_budget_is_exported_with_its_model(
-    tiny_backbone: Path, images: list[Path], tmp_path: Path
+    tiny_backbone: Path, as_trained: Callable[..., GenAU], images: list[Path], tmp_path: Path
 ) -> None:
     """The export's decoder reads the budget's tokens, as torch does; a checkpoint of another budget is refused."""
     from anomalib_genau.data.images import read_rgb
@@ -344,7 +329,8 @@ def test_broken_or_mixed_exports_are_refused(f32_export: Path, tmp_path: Path) -
     manifest = json.loads((older / "genau.json").read_text())
     manifest["format"] = 2  # its decoder returned the last position's hidden state only
     (older / "genau.json").write_text(json.dumps(manifest))
-    with pytest.raises(ExportError, match=r"format 2, this anomalib-genau reads format 4: export the checkpoint again"):
+    expected = rf"format 2, this anomalib-genau reads format {FORMAT_VERSION}: export the checkpoint again"
+    with pytest.raises(ExportError, match=expected):
         GenAUOpenVINOInferencer(older)
 
 

@@ -147,3 +147,18 @@ class DialogueCodec:
     def option_ids(self, options: Sequence[Sequence[str]]) -> list[list[int]]:
         """Token ids of each option's multi-type answer (``"normal."``, ``"hole."``)."""
         return [self.tokenizer(prompts.type_answer(types), add_special_tokens=False)["input_ids"] for types in options]
+
+
+def check_context(prompt_length: int, max_new_tokens: int, context: int) -> None:
+    """Refuse a prompt (question and image tokens) that leaves no room for its answer in the context.
+
+    Raises:
+        ValueError: ``prompt_length + max_new_tokens`` exceeds ``context``, with the three numbers.
+
+    """
+    if prompt_length + max_new_tokens > context:
+        msg = (
+            f"The question is too long: with the image it takes {prompt_length} tokens, plus "
+            f"{max_new_tokens} for the answer, and the model's context holds {context}."
+        )
+        raise ValueError(msg)

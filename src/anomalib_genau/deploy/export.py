@@ -222,6 +222,7 @@ def build_manifest(
         "patch_size": config.vision_config.patch_size,
         "image_grid_pinpoints": config.image_grid_pinpoints,
         "max_new_tokens": model.max_new_tokens,
+        "max_positions": config.text_config.max_position_embeddings,
         "default_object": model.codec.default_object,
         "defect_types": type_mode is not None,
         "score": {"fused": fused},

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from transformers import LlavaOnevisionProcessor
 
 from anomalib_genau import prompts
 from anomalib_genau.data.images import read_rgb
-from anomalib_genau.dialogue import DialogueCodec
+from anomalib_genau.dialogue import DialogueCodec, check_context
 from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.checkpoint import LEGACY_ARCHITECTURE, differing_keys
 from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_decode
@@ -34,6 +36,10 @@ from anomalib_genau.taxonomy import DATASET_KEYS, object_name, product_candidate
 from .manifest import FORMAT_VERSION, MANIFEST, PRECISIONS, RT_INFO_KEY, size_name
 
 logger = logging.getLogger(__name__)
+
+# One image's vision pass (:meth:`GenAUOpenVINOInferencer.see`): the decoder's image features
+# ``(T, D)`` and the readout's stage features ``(S, P, N, C)``.
+Vision = tuple[np.ndarray, np.ndarray]
 
 
 class ExportError(ValueError):
@@ -233,6 +239,8 @@ class GenAUOpenVINOInferencer:
         image: str | Path | np.ndarray | Image.Image | torch.Tensor,
         category: str | None = None,
         dataset: str | None = "MVTecAD",
+        candidates: list[str] | None = None,
+        vision: Vision | None = None,
     ) -> GenAUPrediction:
         """Answer one image.
 
@@ -241,16 +249,19 @@ class GenAUOpenVINOInferencer:
             category: The product (``"carpet"``): named in the prompt and, when the taxonomy knows
                 it, asked for its defect type among its candidates.
             dataset: Taxonomy of ``category`` (``MVTecAD``, ``Visa``, ``MPDD``, ``RealIAD``).
+            candidates: The defect types to choose among, instead of the taxonomy's for ``category``.
+            vision: This image's :meth:`see` pass, when already computed (``image`` is then the
+                prepared pixels it was computed on).
 
         """
         pixels = self.prepare(image)
         size = tuple(pixels.shape[-2:])
         name = object_name(category) if category else self.manifest["default_object"]
-        candidates = self.candidates(category, dataset)
+        candidates = candidates or self.candidates(category, dataset)
         questions = [prompts.instruction(name)]
         if candidates:
             questions.append(prompts.type_instruction(name, candidates))
-        image_features, stage_features = self.see(pixels)
+        image_features, stage_features = vision or self.see(pixels)
         prompt_ids = [self.codec.prompts([question], [len(image_features)]).input_ids for question in questions]
         decoded, *type_decoded = self._decode(prompt_ids, image_features)
         log_odds = self.codec.log_odds(decoded.first_logits).numpy()
@@ -269,7 +280,34 @@ class GenAUOpenVINOInferencer:
             input_size=size,
         )
 
-    def see(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def ask(
+        self,
+        vision: Vision,
+        question: str,
+        max_new_tokens: int | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> str:
+        """Answer a free question about an image already seen (:meth:`see`) with the export's decoder.
+
+        Args:
+            vision: The image's :meth:`see` pass.
+            question: The user's question; the chat template puts the image before it.
+            max_new_tokens: Answer budget (default: the export's).
+            on_tokens: Called with the ids fed to the decoder at each step, as they are chosen
+                (a streaming answer); the last call carries ``[SEG_defect] [SEG_normal]``.
+
+        Raises:
+            ValueError: The question, the image and the answer do not fit the decoder's context.
+
+        """
+        image_features = vision[0]
+        budget = max_new_tokens or self.manifest["max_new_tokens"]
+        prompt_ids = self.codec.prompts([question], [len(image_features)]).input_ids
+        check_context(prompt_ids.shape[1], budget, self.manifest["max_positions"])
+        (decoded,) = self._decode([prompt_ids], image_features, budget, on_tokens)
+        return self.codec.texts(decoded.answer_tokens)[0]
+
+    def see(self, pixels: torch.Tensor) -> Vision:
         """The image processor and the vision graphs, once per image.
 
         Returns:
@@ -304,8 +342,16 @@ class GenAUOpenVINOInferencer:
             self.warned_categories.add(category)
         return candidates
 
-    def _decode(self, prompt_ids: list[torch.Tensor], image_features: np.ndarray) -> list[DecodeResult]:
+    def _decode(
+        self,
+        prompt_ids: list[torch.Tensor],
+        image_features: np.ndarray,
+        max_new_tokens: int | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> list[DecodeResult]:
         """Answer each prompt (``(1, L_i)`` ids) about one image with the shared greedy loop.
+
+        ``on_tokens`` sees the ids each decoding step feeds (see :meth:`ask`).
 
         Several prompts share their beginning (the system turn and the image's tokens): it is
         prefilled once, its KV cache read out of the decoder's states and put back before each
@@ -330,13 +376,13 @@ class GenAUOpenVINOInferencer:
             results.append(
                 greedy_anchor_decode(
                     logits,
-                    self._step,
+                    self._step if on_tokens is None else partial(self._reported_step, on_tokens),
                     torch.ones(1, length, dtype=torch.long),
                     torch.tensor([length - 1]),
                     self.codec.seg_ids,
                     self.codec.banned_ids,
                     self.codec.pad_id,
-                    self.manifest["max_new_tokens"],
+                    max_new_tokens or self.manifest["max_new_tokens"],
                 )
             )
         return results
@@ -347,6 +393,13 @@ class GenAUOpenVINOInferencer:
         """One decoding step of the greedy loop: feed ``ids (1, K)`` at ``positions (1, K)``."""
         fed = self.embeddings([ids.numpy()])[0]
         return self._infer(fed, attention_mask.numpy(), positions.numpy())
+
+    def _reported_step(
+        self, on_tokens: Callable[[list[int]], None], ids: torch.Tensor, *args: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_step`, after showing ``on_tokens`` the ids it feeds."""
+        on_tokens(ids[0].tolist())
+        return self._step(ids, *args)
 
     def _embed(self, input_ids: torch.Tensor, image_features: np.ndarray) -> np.ndarray:
         """``(1, L, D)`` prompt embeddings with the image's features at its image tokens."""
