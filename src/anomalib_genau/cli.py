@@ -1,4 +1,4 @@
-"""``anomalib-genau``: build the tiny backbone, generate data, run the offline demo, export and infer with OpenVINO."""
+"""``anomalib-genau``: build the tiny backbone, generate data, run the offline demo; export, infer, serve (OpenVINO)."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def _openvino_properties(pairs: Sequence[str]) -> dict[str, int | str]:
     for pair in pairs:
         key, separator, value = pair.partition("=")
         if not separator or not key or not value:
-            raise SystemExit(f"anomalib-genau infer: --property takes KEY=VALUE, got '{pair}'.")
+            raise SystemExit(f"anomalib-genau: --property takes KEY=VALUE, got '{pair}'.")
         properties[key] = int(value) if value.lstrip("-").isdigit() else value
     return properties
 
@@ -163,6 +163,50 @@ def infer(args: argparse.Namespace) -> None:
         f"anomalib-genau infer: {len(paths) - failed} of {len(paths)} images answered, {failed} unreadable skipped",
         file=sys.stderr,
     )
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Serve an OpenVINO export as a browser page and an HTTP API (the ``app`` extra), until Ctrl-C."""
+    try:
+        from anomalib_genau.app.serve import ServeError, ServeOptions, read_auth
+        from anomalib_genau.app.serve import serve as serve_station
+    except ModuleNotFoundError as error:  # gradio, the app extra
+        raise SystemExit(f"anomalib-genau serve needs {error.name}: pip install 'anomalib-genau[app]'") from None
+    try:
+        options = ServeOptions(
+            export=args.export,
+            host=args.host,
+            port=args.port,
+            precision=args.precision,
+            properties=_openvino_properties(args.property or []),
+            ckpt=args.ckpt,
+            auth=read_auth(args.auth or [], args.auth_file or []),
+            workers=args.workers,
+            max_queue=args.max_queue,
+            max_upload_mb=args.max_upload_mb,
+            max_megapixels=args.max_megapixels,
+        )
+        serve_station(options)
+    except ServeError as error:
+        raise SystemExit(f"anomalib-genau serve: {error}") from None
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    """The ``serve`` command's options."""
+    server = commands.add_parser("serve", help=serve.__doc__)
+    server.add_argument("export", type=Path, help="export folder (or its genau.json)")
+    server.add_argument("--host", default="127.0.0.1", help="interface to bind (default: localhost only)")
+    server.add_argument("--port", type=int, default=7860)
+    server.add_argument("--precision", choices=PRECISIONS, default="f32")
+    server.add_argument("--property", action="append", help="OpenVINO property KEY=VALUE (repeatable)")
+    server.add_argument("--ckpt", type=Path, help="torch checkpoint that answers follow-up questions instead")
+    server.add_argument("--auth", action="append", help="USER:PASSWORD required to log in (repeatable)")
+    server.add_argument("--auth-file", type=Path, action="append", help="file of USER:PASSWORD lines")
+    server.add_argument("--workers", type=int, default=1, help="compiled models answering at the same time")
+    server.add_argument("--max-queue", type=int, default=16, help="waiting requests; more are refused at once")
+    server.add_argument("--max-upload-mb", type=int, default=20)
+    server.add_argument("--max-megapixels", type=int, default=50)
+    server.set_defaults(handler=serve)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -233,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="OpenVINO property KEY=VALUE for every graph (repeatable), e.g. DYNAMIC_QUANTIZATION_GROUP_SIZE=128",
     )
     inference.set_defaults(handler=infer)
+
+    _add_serve_command(commands)
 
     args = parser.parse_args(argv)
     args.handler(args)
