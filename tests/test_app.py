@@ -313,7 +313,8 @@ def test_the_page_in_chromium(
         )
         expect(page.locator("#answer textarea")).to_have_value(expected.explanation)
         expect(page.locator("#overlay img")).to_be_visible()
-        page.wait_for_function("() => document.querySelector('#overlay img')?.naturalWidth > 0")  # drawn, not only placed
+        # drawn, not only placed: the screenshot needs the picture loaded
+        page.wait_for_function("() => document.querySelector('#overlay img')?.naturalWidth > 0")
         page.screenshot(path=str(screenshots / "station.png"), full_page=True)
         move_threshold(page, expected.pred_score)
         # a follow-up question streams its answer into the chat
