@@ -4,10 +4,13 @@
     python benchmarks/deployment.py --size qwen2-0.5b     # real-size random weights, 384 px
     python benchmarks/deployment.py --visual-tokens anyres global_pooled --backends "OpenVINO INT8 PTQ"
 
-Prints figures and ratios only; nothing is asserted. One image through the whole answer
-(vision, prefill, greedy decoding of the short answer, readout, post-processing) per call.
-The decoding budget is the short answer's length (``--max-new-tokens`` sets another): the random
-model never stops by itself, a trained one stops there.
+Prints figures and ratios only; nothing is asserted. One image through the whole answer per
+call: vision, the inspection question (prefill, greedy decoding of the short answer), readout,
+post-processing, and the defect-type question about a carpet (its own prompt tokens after the
+shared beginning, then its answer: greedy, or with ``--types likelihood`` the options' tokens;
+``--types none`` leaves it out). The decoding budget is the short answer's length
+(``--max-new-tokens`` sets another): the random model never stops by itself, a trained one
+stops there.
 
 
 Each ``--visual-tokens`` budget (what the decoder reads of the image, ``choices.VISUAL_TOKENS``)
@@ -21,7 +24,7 @@ differences against torch on the same budget.
   ``--int4``, INT4 (NNCF INT4 decoder weights, bf16 inference) and, with ``--dq-group-size N``,
   INT8 weights with the CPU plugin's dynamic INT8 activations in groups of N (default 32);
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
-- the largest map and score differences from torch, and whether label and answer agree;
+- the largest map and score differences from torch, and whether label, answer and type agree;
 - per backend, within the same timed calls: the vision tower, the prefill (decoder passes over
   the prompt), the decoding steps (one decoder pass per answer token, the segmentation pair in
   one), their ratio, and the rest (processor, image tokens, readout, post-processing); and the
@@ -43,9 +46,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.choices import VISUAL_TOKENS
-from inference import decoder_stage, image_flops, matmul_peak, prompt_length, short_answer_tokens
+from anomalib_genau.taxonomy import product_candidates
+from inference import (
+    decoder_stage,
+    image_flops,
+    matmul_peak,
+    prompt_length,
+    short_answer_tokens,
+    type_question_flops,
+)
 from timing import StageClock, cpu_description, median_seconds
 
 # backend name -> (export weights, inference precision, further OpenVINO properties)
@@ -77,7 +89,24 @@ def peak_rss_gib() -> float:
     raise RuntimeError(msg)
 
 
-def build_module(backbone: Path, max_new_tokens: int | None, visual_tokens: str = "anyres") -> torch.nn.Module:
+TYPE_MODES = ("generate", "likelihood", "none")
+CATEGORY = "carpet"
+
+
+def type_tokens(model: torch.nn.Module, types: str, max_new_tokens: int) -> int:
+    """Tokens the type question feeds the decoder after its prompt: a random model's whole greedy
+    budget, or every option's tokens after its first (``likelihood``), or none."""
+    if types == "none":
+        return 0
+    if types == "generate":
+        return max_new_tokens
+    options = model.codec.type_options(product_candidates("mvtec_ad", CATEGORY))
+    return sum(len(ids) - 1 for ids in model.codec.option_ids(options))
+
+
+def build_module(
+    backbone: Path, max_new_tokens: int | None, visual_tokens: str = "anyres", types: str = "generate"
+) -> torch.nn.Module:
     """A GenAU module as training leaves it: calibrated score, post-processing thresholds set.
 
     ``max_new_tokens=None``: the length of the short answer (see ``inference.short_answer_tokens``).
@@ -85,7 +114,8 @@ def build_module(backbone: Path, max_new_tokens: int | None, visual_tokens: str 
     from anomalib_genau.models.genau import GenAU
 
     torch.manual_seed(0)
-    module = GenAU(backbone=str(backbone), visual_tokens=visual_tokens).eval()
+    type_mode = None if types == "none" else types
+    module = GenAU(backbone=str(backbone), visual_tokens=visual_tokens, defect_type_mode=type_mode).eval()
     module.model.max_new_tokens = max_new_tokens or short_answer_tokens(module.model)
     module.model.calibration.estimate(torch.rand(16), torch.randn(16))
     post = module.post_processor
@@ -96,9 +126,12 @@ def build_module(backbone: Path, max_new_tokens: int | None, visual_tokens: str 
     return module
 
 
-def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int, visual_tokens: str) -> dict:
+def torch_worker(
+    backbone: Path, image: Path, repeats: int, max_new_tokens: int, visual_tokens: str, types: str
+) -> dict:
     """Latency of eager fp32 inference, per stage, and its outputs (the reference)."""
-    module = build_module(backbone, max_new_tokens, visual_tokens)
+    module = build_module(backbone, max_new_tokens, visual_tokens, types)
+    candidates = product_candidates("mvtec_ad", CATEGORY)
     pixels = module.pre_processed(torch.load(image)[None])
     llava, clock = module.model.llava, StageClock()
     llava.model.vision_tower.forward = clock.wrap("vision", llava.model.vision_tower.forward)
@@ -106,11 +139,16 @@ def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int,
 
     def run() -> tuple:
         with torch.no_grad():
-            inspection = module.model.inspect(pixels)
-            return module.post_processor(inspection.batch), inspection.answers
+            inspection = module.model.inspect(pixels, [prompts.instruction(CATEGORY)])
+            defect_type = None
+            if module.defect_type_mode is not None:
+                question = prompts.type_instruction(CATEGORY, candidates)
+                answer = module.model.predict_types(inspection.vision, [question], [candidates], types)
+                defect_type = answer.types[0]
+            return module.post_processor(inspection.batch), inspection.answers, defect_type
 
     stages = clock.median_stages(run, repeats)
-    batch, answers = run()
+    batch, answers, defect_type = run()
     return {
         "seconds": stages["total"],
         "stages": stages,
@@ -119,6 +157,7 @@ def torch_worker(backbone: Path, image: Path, repeats: int, max_new_tokens: int,
         "score": float(batch.pred_score[0]),
         "label": bool(batch.pred_label[0]),
         "answer": answers[0],
+        "type": defect_type,
     }
 
 
@@ -132,8 +171,9 @@ def openvino_worker(export: Path, precision: str, image: Path, repeats: int, pro
     inferencer.vision_tower = clock.wrap("vision", inferencer.vision_tower)
     inferencer._infer = clock.wrap("prefill", inferencer._infer)  # a decoder pass outside a decoding step
     inferencer._step = clock.wrap("decoding", inferencer._step)
-    stages = clock.median_stages(lambda: inferencer.predict(pixels), repeats)
-    prediction = inferencer.predict(pixels)
+    category = CATEGORY if inferencer.manifest["defect_types"] else None  # the type question is asked or not
+    stages = clock.median_stages(lambda: inferencer.predict(pixels, category), repeats)
+    prediction = inferencer.predict(pixels, category)
     return {
         "seconds": stages["total"],
         "stages": stages,
@@ -142,6 +182,7 @@ def openvino_worker(export: Path, precision: str, image: Path, repeats: int, pro
         "score": prediction.pred_score,
         "label": prediction.pred_label,
         "answer": prediction.explanation,
+        "type": prediction.pred_defect_type,
     }
 
 
@@ -180,8 +221,8 @@ def print_table(rows: list[tuple]) -> None:
         "| backend | s / image | x torch eager | peak GiB | IR MiB | export s | max map diff | score diff | label |",
         end="",
     )
-    print(" answer |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(" answer | type |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for backend, budget, record, mib, exported in rows:
         reference = references[budget]
         map_diff = float((torch.tensor(record["map"]) - torch.tensor(reference["map"])).abs().max())
@@ -192,12 +233,13 @@ def print_table(rows: list[tuple]) -> None:
             f"{'-' if exported is None else f'{exported:.0f}'} | {map_diff:.2e} | "
             f"{abs(record['score'] - reference['score']):.2e} | "
             f"{'same' if record['label'] == reference['label'] else 'differs'} | "
-            f"{'same' if record['answer'] == reference['answer'] else 'differs'} |"
+            f"{'same' if record['answer'] == reference['answer'] else 'differs'} | "
+            f"{'same' if record['type'] == reference['type'] else 'differs'} |"
         )
 
 
 def print_profile(
-    rows: list[tuple], work: dict[str, tuple[float, int]], decoded_tokens: int, start_peak: dict[str, float]
+    rows: list[tuple], work: dict[str, tuple[float, int]], decoded_tokens: str, start_peak: dict[str, float]
 ) -> None:
     """Per backend: its stages (medians over the timed calls), FLOP/s against the matmul peak.
 
@@ -288,7 +330,8 @@ def openvino_rows(
     return rows
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
+    """The command line (``--worker`` runs one timed backend in this process)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(BACKBONE_SIZES), default="tiny")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per backend (default: 5 tiny, 2 real)")
@@ -306,12 +349,19 @@ def main() -> None:
         "--visual-tokens", nargs="+", choices=VISUAL_TOKENS, default=["anyres"], help="token budgets (rows each)"
     )
     parser.add_argument("--backends", nargs="+", help="OpenVINO backends to time (default: all of BACKENDS)")
+    parser.add_argument(
+        "--types", choices=TYPE_MODES, default="generate", help="how the type question is answered (none: not asked)"
+    )
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.worker:
         kind, *rest = args.worker
         if kind == "torch":
-            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]), rest[4])
+            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]), rest[4], rest[5])
         else:
             record = openvino_worker(Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]), json.loads(rest[4]))
         print(json.dumps(record))
@@ -340,18 +390,21 @@ def main() -> None:
         rows, work = [], {}
         probe = torch.rand(1, 3, size.image_size, size.image_size)
         for budget in args.visual_tokens:
-            module = build_module(backbone, args.max_new_tokens, budget)
+            module = build_module(backbone, args.max_new_tokens, budget, args.types)
             tokens = module.model.max_new_tokens  # the same for every budget: the short answer's length
-            record = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens), budget)
+            record = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens), budget, args.types)
             rows.append(("torch eager fp32", budget, record, None, None))
             rows += openvino_rows(module, root, backends, quantization_images, image, repeats)
             # the random model never emits the segmentation tokens: it decodes the whole budget
-            work[budget] = (image_flops(module.model, probe, tokens), prompt_length(module.model, probe))
-        print(f"decoding budget: {tokens} tokens")
+            fed = type_tokens(module.model, args.types, tokens)
+            flops = image_flops(module.model, probe, tokens) + (fed and type_question_flops(module.model, probe, fed))
+            work[budget] = (flops, prompt_length(module.model, probe))
+        decoded = f"{tokens} + {fed} type" if fed else str(tokens)
+        print(f"decoding budget: {tokens} tokens; type question: {args.types} ({fed} tokens fed)")
         print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
 
     print_table(rows)
-    print_profile(rows, work, tokens, start_peak)
+    print_profile(rows, work, decoded, start_peak)
     print_ratios(rows)
 
 

@@ -24,10 +24,12 @@ import torch
 
 from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
+from anomalib_genau.deploy.inferencer import shared_prefix_length
 from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.models.genau.vision import view_counts
 from anomalib_genau.prompts import instruction
+from anomalib_genau.taxonomy import product_candidates
 from timing import StageClock, cpu_description, median_seconds
 
 
@@ -79,6 +81,26 @@ def image_flops(model: GenAUModel, image: torch.Tensor, answer_tokens: int) -> f
     head = 2 * llava.lm_head.weight.numel() * (1 + answer_tokens)
     per_token = 2 * linear_parameters(decoder) + 4 * text_config.num_hidden_layers * tokens * text_config.hidden_size
     return vision + projector + prefill + head + answer_tokens * per_token
+
+
+def type_question_flops(model: GenAUModel, image: torch.Tensor, fed_tokens: int) -> float:
+    """FLOPs of the type question on a ``(1, 3, H, W)`` image after its inspection question.
+
+    Its prompt's own tokens after the beginning the two prompts share (prefilled once), then
+    ``fed_tokens`` decoder steps (greedy answer tokens, or the likelihood mode's option tokens),
+    each attending over about the prompt's length.
+    """
+    llava, text_config = model.llava, model.llava.config.text_config
+    candidates = product_candidates("mvtec_ad", "carpet")
+    questions = [instruction("carpet"), prompts.type_instruction("carpet", candidates)]
+    with torch.no_grad():
+        vision = model.see(image)
+        prompt_ids = [model.prompts(vision, [question]).input_ids for question in questions]
+    tail = prompt_ids[1].shape[1] - shared_prefix_length(prompt_ids)
+    tokens = prompt_ids[1].shape[1]
+    decoder = llava.model.language_model
+    per_token = 2 * linear_parameters(decoder) + 4 * text_config.num_hidden_layers * tokens * text_config.hidden_size
+    return (tail + fed_tokens) * per_token + 2 * llava.lm_head.weight.numel() * (1 + fed_tokens)
 
 
 def decoder_stage(*_: object, **kwargs: object) -> str:

@@ -23,6 +23,7 @@ from anomalib_genau.deploy.manifest import FORMAT_VERSION
 from anomalib_genau.deploy.quantization import quantization_samples
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.models.genau.export import export_configuration
+from anomalib_genau.models.genau.torch_decoding import option_log_likelihoods
 from anomalib_genau.taxonomy import product_candidates
 
 SIZES = [(112, 112), (112, 224)]
@@ -356,3 +357,33 @@ def test_deployment_loads_no_training_stack(f32_export: Path, images: list[Path]
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_types_by_likelihood_score_the_options_as_torch(
+    tiny_backbone: Path, as_trained: Callable[..., GenAU], images: list[Path], tmp_path: Path
+) -> None:
+    """``defect_type_mode="likelihood"`` is exported: each option's log-likelihood as torch's, the same choice."""
+    module = as_trained(tiny_backbone, defect_type_mode="likelihood")
+    configuration = export_configuration(module)
+    root = export_openvino(module.model, module.post_processor, configuration, tmp_path / "export", [SIZES[0]])
+    inferencer = GenAUOpenVINOInferencer(root.parent)
+    assert inferencer.type_mode == "likelihood"
+    candidates = ["hole", "cut", "color"]
+    question = prompts.type_instruction("carpet", candidates)
+    options = inferencer.codec.type_options(candidates)
+    option_ids = inferencer.codec.option_ids(options)
+    for path in images:
+        pixels = inferencer.prepare(path)
+        image_features, _ = inferencer.see(pixels)
+        prompt_ids = inferencer.codec.prompts([question], [len(image_features)]).input_ids
+        logits, length = next(inferencer._prefilled([prompt_ids], image_features))
+        scores = inferencer._option_log_likelihoods(logits, length, option_ids)
+        with torch.no_grad():
+            vision = module.model.see(pixels[None])
+            prefill = module.model.prefill_inputs(module.model.prompts(vision, [question]), vision)
+            (expected,) = option_log_likelihoods(module.model.llava, prefill, [option_ids], module.model.codec.pad_id)
+            reference = module.model.predict_types(vision, [question], [candidates], mode="likelihood")
+        np.testing.assert_allclose(scores, expected.numpy(), atol=F32_TOLERANCE)
+        prediction = inferencer.predict(pixels, category="carpet", candidates=candidates)
+        assert prediction.pred_defect_type == reference.types[0] == options[int(scores.argmax())]
+    assert len(option_ids) == 4 and all(len(ids) > 1 for ids in option_ids)  # multi-token options: steps are fed

@@ -210,8 +210,6 @@ def build_manifest(
     if model.score_fusion and not fused:
         logger.warning("GenAU's score calibration is not estimated: the export scores by the map maximum.")
     type_mode = configuration.get("defect_type_mode")
-    if type_mode == "likelihood":
-        logger.warning("The OpenVINO inferencer answers defect types by generation (defect_type_mode='generate').")
     return {
         "format": FORMAT_VERSION,
         "config_id": config_id,

@@ -10,9 +10,10 @@ view; 384x768 -> 1x2 tiles + global view); ``genau.json`` lists the sizes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -263,13 +264,12 @@ class GenAUOpenVINOInferencer:
             questions.append(prompts.type_instruction(name, candidates))
         image_features, stage_features = vision or self.see(pixels)
         prompt_ids = [self.codec.prompts([question], [len(image_features)]).input_ids for question in questions]
-        decoded, *type_decoded = self._decode(prompt_ids, image_features)
+        prefilled = self._prefilled(prompt_ids, image_features)
+        decoded = self._greedy(*next(prefilled))
         log_odds = self.codec.log_odds(decoded.first_logits).numpy()
         outputs = self.readouts[size]([stage_features, decoded.anchors.numpy(), log_odds])
         result = {port.get_any_name(): value for port, value in outputs.items()}
-        defect_type = None
-        if candidates:
-            defect_type = self.codec.defect_types(self.codec.texts(type_decoded[0].answer_tokens)[0], candidates).types
+        defect_type = self._defect_type(*next(prefilled), candidates) if candidates else None
         return GenAUPrediction(
             pred_score=float(result["pred_score"].reshape(-1)[0]),
             pred_label=bool(result["pred_label"].reshape(-1)[0]),
@@ -279,6 +279,24 @@ class GenAUOpenVINOInferencer:
             explanation=self.codec.texts(decoded.answer_tokens)[0],
             input_size=size,
         )
+
+    @property
+    def type_mode(self) -> str:
+        """How the type question is answered: the checkpoint's ``defect_type_mode`` (``"generate"`` if unset)."""
+        return self.manifest["configuration"].get("defect_type_mode") or "generate"
+
+    def _defect_type(self, logits: torch.Tensor, length: int, candidates: list[str]) -> list[str]:
+        """The types answered after the type question's prompt (its last ``logits (1, V)``), by :attr:`type_mode`.
+
+        ``"generate"``: the greedy answer, mapped by the paper's parser; ``"likelihood"``: the
+        option (normal, or one candidate) whose answer text is likeliest, with no free generation.
+        """
+        if self.type_mode == "likelihood":
+            options = self.codec.type_options(candidates)
+            scores = self._option_log_likelihoods(logits, length, self.codec.option_ids(options))
+            return options[int(scores.argmax())]
+        answer = self.codec.texts(self._greedy(logits, length).answer_tokens)[0]
+        return self.codec.defect_types(answer, candidates).types
 
     def ask(
         self,
@@ -352,10 +370,21 @@ class GenAUOpenVINOInferencer:
         """Answer each prompt (``(1, L_i)`` ids) about one image with the shared greedy loop.
 
         ``on_tokens`` sees the ids each decoding step feeds (see :meth:`ask`).
+        """
+        return [
+            self._greedy(logits, length, max_new_tokens, on_tokens)
+            for logits, length in self._prefilled(prompt_ids, image_features)
+        ]
+
+    def _prefilled(
+        self, prompt_ids: list[torch.Tensor], image_features: np.ndarray
+    ) -> Iterator[tuple[torch.Tensor, int]]:
+        """Prefill each prompt in turn on the decoder's states; yields its last ``logits (1, V)`` and its length.
 
         Several prompts share their beginning (the system turn and the image's tokens): it is
         prefilled once, its KV cache read out of the decoder's states and put back before each
-        prompt's own tokens.
+        prompt's own tokens. Whatever the caller feeds after a prompt (an answer) is dropped
+        with the states when the next prompt is prefilled.
         """
         request = self.decoder_request
         request.reset_state()  # an empty KV cache
@@ -363,29 +392,65 @@ class GenAUOpenVINOInferencer:
         shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 else 0
         if shared:
             self._infer(embeds[0][:, :shared], np.ones((1, shared), dtype=np.int64), np.arange(shared)[None])
-            prefix = [state.state.data.copy() for state in request.query_state()]
-        results = []
+            prefix = self._saved_states()
         for ids, prompt_embeds in zip(prompt_ids, embeds, strict=True):
             if shared:
-                for state, saved in zip(request.query_state(), prefix, strict=True):
-                    state.state = ov.Tensor(saved)
+                self._restore_states(prefix)
             length = ids.shape[1]
             logits, _ = self._infer(
                 prompt_embeds[:, shared:], np.ones((1, length), dtype=np.int64), np.arange(shared, length)[None]
             )
-            results.append(
-                greedy_anchor_decode(
-                    logits,
-                    self._step if on_tokens is None else partial(self._reported_step, on_tokens),
-                    torch.ones(1, length, dtype=torch.long),
-                    torch.tensor([length - 1]),
-                    self.codec.seg_ids,
-                    self.codec.banned_ids,
-                    self.codec.pad_id,
-                    max_new_tokens or self.manifest["max_new_tokens"],
+            yield logits, length
+
+    def _greedy(
+        self,
+        logits: torch.Tensor,
+        length: int,
+        max_new_tokens: int | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> DecodeResult:
+        """The greedy answer after a prompt of ``length`` tokens whose last ``logits (1, V)`` are given."""
+        return greedy_anchor_decode(
+            logits,
+            self._step if on_tokens is None else partial(self._reported_step, on_tokens),
+            torch.ones(1, length, dtype=torch.long),
+            torch.tensor([length - 1]),
+            self.codec.seg_ids,
+            self.codec.banned_ids,
+            self.codec.pad_id,
+            max_new_tokens or self.manifest["max_new_tokens"],
+        )
+
+    def _option_log_likelihoods(self, logits: torch.Tensor, length: int, options: list[list[int]]) -> np.ndarray:
+        """``(K,)`` summed log-probabilities of each option's token ids after a prompt of ``length`` tokens.
+
+        The export's decoder returns the last position's logits only, so each option's tokens
+        are fed one decoding step at a time, from the prompt's cache put back before each option
+        (as the torch model's ``option_log_likelihoods`` scores them against its shared cache).
+        """
+        first = logits[0].float().log_softmax(dim=-1)
+        prompt_states = self._saved_states()
+        scores = np.zeros(len(options))
+        for index, option in enumerate(options):
+            if index:
+                self._restore_states(prompt_states)
+            scores[index] = float(first[option[0]])
+            for offset, (fed, following) in enumerate(itertools.pairwise(option)):
+                position = length + offset
+                step_logits, _ = self._step(
+                    torch.tensor([[fed]]), torch.ones(1, position + 1, dtype=torch.long), torch.tensor([[position]])
                 )
-            )
-        return results
+                scores[index] += float(step_logits[0].float().log_softmax(dim=-1)[following])
+        return scores
+
+    def _saved_states(self) -> list[np.ndarray]:
+        """Copies of the decoder's KV-cache states."""
+        return [state.state.data.copy() for state in self.decoder_request.query_state()]
+
+    def _restore_states(self, saved: list[np.ndarray]) -> None:
+        """Put :meth:`_saved_states` back into the decoder."""
+        for state, data in zip(self.decoder_request.query_state(), saved, strict=True):
+            state.state = ov.Tensor(data)
 
     def _step(
         self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
