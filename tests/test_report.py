@@ -110,3 +110,34 @@ def test_a_category_is_computed_and_freed_when_the_next_one_starts(tmp_path: Pat
     report.on_test_epoch_end(trainer, None)
     assert report.metrics == {}
     assert (tmp_path / "category_report.csv").is_file()
+
+
+def test_a_category_without_masks_reports_no_pixel_metrics(tmp_path: Path) -> None:
+    """A user's Folder without mask_dir: pixel metrics are empty (NaN in the table), image ones computed."""
+    report = CategoryReport()
+    trainer = SimpleNamespace(world_size=1, datamodule=None, is_global_zero=True, default_root_dir=tmp_path)
+    report.on_test_epoch_start(trainer, None)
+    batch = _batch("widget", [0, 1, 1])
+    batch.gt_mask = None
+    report.on_test_batch_end(trainer, None, batch, None, 0)
+    trainer.test_dataloaders = []
+    report.on_test_epoch_end(trainer, None)
+    values = report.rows["widget"].values
+    assert math.isnan(values["Pixel AUROC"]) and math.isnan(values["Pixel AUPRO"])
+    assert values["Image AUROC"] == pytest.approx(1.0)
+
+
+def test_a_category_of_one_class_has_no_image_auroc(tmp_path: Path) -> None:
+    """Only anomalous test images (a one-image category, a Folder without normal test images): NaN, not 0."""
+    report = CategoryReport()
+    trainer = SimpleNamespace(world_size=1, datamodule=None, is_global_zero=True, default_root_dir=tmp_path)
+    report.on_test_epoch_start(trainer, None)
+    report.on_test_batch_end(trainer, None, _batch("widget", [1]), None, 0)
+    report.on_test_batch_end(trainer, None, _batch("gadget", [0, 1]), None, 1)
+    trainer.test_dataloaders = []
+    report.on_test_epoch_end(trainer, None)
+    assert math.isnan(report.rows["widget"].values["Image AUROC"]) and math.isnan(
+        report.rows["widget"].values["Image AP"]
+    )
+    assert report.rows["widget"].values["Pixel AUROC"] == pytest.approx(report.rows["widget"].values["Pixel AUROC"])
+    assert report.rows["gadget"].values["Image AUROC"] == pytest.approx(1.0)

@@ -11,6 +11,7 @@ category is computed at the end, in the same order on every rank, so torchmetric
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.classification import BinaryAveragePrecision
 
 from anomalib_genau.taxonomy import PROVISIONAL_DATASETS
+
+logger = logging.getLogger(__name__)
 
 AP = create_anomalib_metric(BinaryAveragePrecision)
 
@@ -48,6 +51,7 @@ class CategoryRow:
     unreadable: int = 0
     without_mask: int = 0
     values: dict[str, float] = field(default_factory=dict)
+    anomalous: int = 0  # of ``images``: both classes are needed for the image metrics
 
 
 def _select(batch: ImageBatch, rows: list[int]) -> ImageBatch:
@@ -101,6 +105,8 @@ class CategoryReport(Callback):
             row = self.rows.setdefault(category, CategoryRow(self.datasets.get(category, ""), category))
             row.images += len(rows)
             selected = _select(outputs, rows)
+            if selected.gt_label is not None:
+                row.anomalous += int(selected.gt_label.bool().sum())
             for metric in metrics.values():
                 metric.to(outputs.pred_score.device).update(selected)
 
@@ -130,6 +136,7 @@ class CategoryReport(Callback):
             self.metrics.setdefault(category, _report_metrics())
             row = self.rows.setdefault(category, CategoryRow(self.datasets.get(category, ""), category))
             row.images = int(trainer.strategy.reduce(torch.tensor(float(row.images)), reduce_op="sum"))
+            row.anomalous = int(trainer.strategy.reduce(torch.tensor(float(row.anomalous)), reduce_op="sum"))
         return categories
 
     def _finish(self, category: str) -> None:
@@ -137,7 +144,16 @@ class CategoryReport(Callback):
         metrics = self.metrics.pop(category, None)
         if metrics is None:
             return
-        self.rows[category].values = {name: float(metric.compute()) for name, metric in metrics.items()}
+        # a metric without data (pixel metrics of a category without masks: strict=False) computes None
+        values = {name: metric.compute() for name, metric in metrics.items()}
+        row = self.rows[category]
+        row.values = {name: math.nan if value is None else float(value) for name, value in values.items()}
+        if row.anomalous in {0, row.images}:  # one class only: torchmetrics would report 0 or 1
+            kind = "normal" if row.anomalous == 0 else "anomalous"
+            logger.warning(
+                "%s: all %d test images are %s, image AUROC and AP are undefined.", category, row.images, kind
+            )
+            row.values |= {"Image AUROC": math.nan, "Image AP": math.nan}
 
     @staticmethod
     def _default_category(trainer: Trainer) -> str:
