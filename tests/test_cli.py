@@ -215,3 +215,17 @@ def test_the_commands_offer_those_choices(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert f"(default: {DEMO_CONFIG})" in capsys.readouterr().out
+
+
+def test_export_of_a_model_without_thresholds_is_one_line(tiny_backbone: Path, tmp_path: Path) -> None:
+    """A checkpoint never validated (no thresholds) is refused by name, not with a traceback."""
+    import lightning
+
+    from anomalib_genau import GenAU
+
+    trainer = lightning.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(GenAU(backbone=str(tiny_backbone)))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    with pytest.raises(SystemExit, match=r"^anomalib-genau export: .*no image threshold"):
+        main(["export", "--ckpt-path", str(tmp_path / "model.ckpt"), "--export-root", str(tmp_path / "export")])
+    assert not (tmp_path / "export" / "genau.json").exists()

@@ -88,7 +88,10 @@ def export(args: argparse.Namespace) -> None:
             print(f"anomalib-genau export: {skipped} unreadable quantization image(s) skipped", file=sys.stderr)
         if not images:
             raise SystemExit("anomalib-genau export: none of the --quantization-images could be read.")
-    manifest = module.export_openvino(args.export_root, sizes, args.weights, images)
+    try:
+        manifest = module.export_openvino(args.export_root, sizes, args.weights, images)
+    except ValueError as error:  # a model not ready to export (no thresholds, sizes it cannot take)
+        raise SystemExit(f"anomalib-genau export: {error}") from None
     files = sorted(p for p in manifest.parent.rglob("*") if p.is_file())
     for path in files:
         print(f"{path.stat().st_size:>12,d}  {path.relative_to(manifest.parent)}")
