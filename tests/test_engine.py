@@ -127,7 +127,7 @@ def test_training_learns_to_segment_held_out_images(tiny_backbone: Path, tmp_pat
 def test_predict_on_a_folder_reads_every_format_and_skips_unreadable_files(
     trained, target_root: Path, tmp_path: Path
 ) -> None:
-    """``anomalib predict --data DIR``: JPEG, 16-bit and nested files predicted, a broken one skipped and reported."""
+    """``anomalib predict --data DIR``: JPEG, 16-bit and nested files predicted, broken, tiny ones skipped."""
     import json
 
     import numpy as np
@@ -143,14 +143,17 @@ def test_predict_on_a_folder_reads_every_format_and_skips_unreadable_files(
     gray = np.asarray(Image.open(sources[0]).convert("L"), dtype=np.uint16) * 200  # 16-bit, up to 51000
     Image.fromarray(gray).save(folder / "d16.png")
     (folder / "broken.png").write_text("not an image")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(folder / "tiny.png")  # under a patch: refused, as by OpenVINO
     batches = engine.predict(model=model, data_path=folder, return_predictions=True)
     predicted = [str(Path(path).relative_to(folder)) for batch in batches for path in batch.image_path]
     assert predicted == ["a.png", "b.JPG", "d16.png", "nested/c.png"]  # every format, recursive, sorted
     sixteen = next(batch for batch in batches if batch.image_path[0].endswith("d16.png"))
     assert 0.05 < float(sixteen.image.mean()) < 0.9  # scaled from 16 bits, not saturated to white
     lines = [json.loads(line) for line in (Path(engine.trainer.default_root_dir) / "predictions.jsonl").open()]
-    assert [str(Path(line["image_path"]).relative_to(folder)) for line in lines[:-1]] == predicted
-    assert Path(lines[-1]["image_path"]).name == "broken.png" and "Cannot read image" in lines[-1]["error"]
+    assert [str(Path(line["image_path"]).relative_to(folder)) for line in lines[:-2]] == predicted
+    broken, tiny = lines[-2:]
+    assert Path(broken["image_path"]).name == "broken.png" and "Cannot read image" in broken["error"]
+    assert Path(tiny["image_path"]).name == "tiny.png" and "(4, 4) pixels, smaller than one" in tiny["error"]
 
 
 def test_checkpoint_holds_only_what_training_changed(trained) -> None:

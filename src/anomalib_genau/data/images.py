@@ -51,6 +51,20 @@ def read_rgb(path: str | Path) -> ImageTensor:
     return ImageTensor(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float())
 
 
+def check_patch_size(image: torch.Tensor, patch_size: int, name: str) -> None:
+    """Refuse a ``(C, H, W)`` image smaller than one vision patch: upscaled, it holds nothing to inspect.
+
+    Torch predict and the OpenVINO inferencer (and so the station) refuse the same images.
+
+    Raises:
+        ValueError: The shorter side is below ``patch_size``, with both sizes named.
+
+    """
+    if min(image.shape[-2:]) < patch_size:
+        msg = f"{name} is {tuple(image.shape[-2:])} pixels, smaller than one {patch_size}-pixel patch."
+        raise ValueError(msg)
+
+
 def _scaled_gray(image: Image.Image) -> np.ndarray:
     """A high-bit-depth single-channel image as (H, W) float32 in [0, 1]."""
     values = np.asarray(image, dtype=np.float32)

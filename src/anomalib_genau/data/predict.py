@@ -17,7 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from .dataclasses import GenAUItem
-from .images import BrokenImageError, read_rgb
+from .images import BrokenImageError, check_patch_size, read_rgb
 from .instruction_dataset import ReadableBatchLoader, UnreadableSample
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,16 @@ logger = logging.getLogger(__name__)
 class ReadableImageFiles(Dataset):
     """Image files as :class:`GenAUItem`; an unreadable one as :class:`UnreadableSample`, recorded in ``unreadable``.
 
+    An image smaller than one vision patch (``patch_size``) is skipped the same way, as the
+    OpenVINO inferencer refuses it.
+
     The dataset records them, not its loader: Lightning rebuilds a predict loader (its sampler),
     but keeps the dataset.
     """
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], patch_size: int = 1) -> None:
         self.files = files
+        self.patch_size = patch_size
         self.unreadable: list[UnreadableSample] = []
 
     def __len__(self) -> int:
@@ -41,7 +45,8 @@ class ReadableImageFiles(Dataset):
         path = self.files[index]
         try:
             image = read_rgb(path)
-        except BrokenImageError as error:
+            check_patch_size(image, self.patch_size, str(path))
+        except (BrokenImageError, ValueError) as error:
             logger.warning("Skipping unreadable image: %s", error)
             sample = UnreadableSample(str(path), "", str(error))
             self.unreadable.append(sample)
@@ -70,18 +75,18 @@ class ReadablePrediction(Callback):
 
         Lightning keeps them in its predict loop's data source (no public setter exists).
         """
-        del pl_module
         self.datasets = []
         source = getattr(trainer.predict_loop, "_data_source", None)
         if stage != "predict" or source is None or source.instance is None:
             return
+        patch_size = pl_module.model.llava.config.vision_config.patch_size
         loaders = source.instance if isinstance(source.instance, list) else [source.instance]
-        replaced = [self._readable(loader) for loader in loaders]
+        replaced = [self._readable(loader, patch_size) for loader in loaders]
         source.instance = replaced if isinstance(source.instance, list) else replaced[0]
 
-    def _readable(self, loader: object) -> object:
+    def _readable(self, loader: object, patch_size: int) -> object:
         if not isinstance(loader, DataLoader) or type(loader.dataset) is not PredictDataset:
             return loader
-        dataset = ReadableImageFiles(sorted(Path(path) for path in loader.dataset.image_filenames))
+        dataset = ReadableImageFiles(sorted(Path(path) for path in loader.dataset.image_filenames), patch_size)
         self.datasets.append(dataset)
         return ReadableBatchLoader(dataset, batch_size=loader.batch_size, num_workers=0)

@@ -27,7 +27,7 @@ from torchvision.transforms.v2.functional import resize
 from transformers import LlavaOnevisionProcessor
 
 from anomalib_genau import prompts
-from anomalib_genau.data.images import read_rgb
+from anomalib_genau.data.images import check_patch_size, read_rgb
 from anomalib_genau.dialogue import DialogueCodec, check_context
 from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.checkpoint import LEGACY_ARCHITECTURE, differing_keys
@@ -224,9 +224,7 @@ class GenAUOpenVINOInferencer:
         if tensor.ndim != 3 or tensor.shape[0] not in {1, 3}:
             msg = f"{name} must have 1 or 3 channels, got shape {tuple(tensor.shape)}."
             raise ValueError(msg)
-        if min(tensor.shape[-2:]) < self.patch_size:
-            msg = f"{name} is {tuple(tensor.shape[-2:])} pixels, smaller than one {self.patch_size}-pixel patch."
-            raise ValueError(msg)
+        check_patch_size(tensor, self.patch_size, name)
         size = self.nearest_size(tuple(tensor.shape[-2:]))
         return resize(tensor.float().expand(3, -1, -1), list(size), antialias=True).clamp(0, 1)
 
