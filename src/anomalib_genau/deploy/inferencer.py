@@ -239,7 +239,6 @@ class GenAUOpenVINOInferencer:
         category: str | None = None,
         dataset: str | None = "MVTecAD",
         candidates: list[str] | None = None,
-        vision: Vision | None = None,
     ) -> GenAUPrediction:
         """Answer one image.
 
@@ -249,8 +248,6 @@ class GenAUOpenVINOInferencer:
                 it, asked for its defect type among its candidates.
             dataset: Taxonomy of ``category`` (``MVTecAD``, ``Visa``, ``MPDD``, ``RealIAD``).
             candidates: The defect types to choose among, instead of the taxonomy's for ``category``.
-            vision: This image's :meth:`see` pass, when already computed (``image`` is then the
-                prepared pixels it was computed on).
 
         """
         pixels = self.prepare(image)
@@ -260,7 +257,7 @@ class GenAUOpenVINOInferencer:
         questions = [prompts.instruction(name)]
         if candidates:
             questions.append(prompts.type_instruction(name, candidates))
-        image_features, stage_features = vision or self.see(pixels)
+        image_features, stage_features = self.see(pixels)
         prompt_ids = [self.codec.prompts([question], [len(image_features)]).input_ids for question in questions]
         prefilled = self._prefilled(prompt_ids, image_features)
         decoded = self._greedy(*next(prefilled))
