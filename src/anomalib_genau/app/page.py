@@ -25,11 +25,10 @@ from PIL import Image
 from anomalib_genau.choices import DATASETS
 from anomalib_genau.taxonomy import DATASET_KEYS, load_taxonomy
 
-from .station import DEFAULT_THRESHOLD, Inspection, Station, UploadError
+from .station import DEFAULT_THRESHOLD, PREVIEW_SIDE, Inspection, Station, UploadError
 
 MODEL = "genau"  # the concurrency group of every event that runs the model
 TABLE_HEADERS = ["image", "file", "score", "label", "defect type", "answer", "seconds"]
-THUMBNAIL = 64
 
 
 def parse_candidates(text: str | None) -> list[str] | None:
@@ -51,13 +50,16 @@ def types_text(types: list[str] | None) -> str:
 
 
 def thumbnail(inspection: Inspection) -> str:
-    """An ``<img>`` of the overlay, inlined: the table's cells show HTML, not files."""
-    image = inspection.overlay()
-    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    """An ``<img>`` of the overlay's preview, inlined: the table's cells show HTML, not files."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    inspection.preview.save(buffer, format="PNG")
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(inspection.name)}" width="{THUMBNAIL}">'
+    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(inspection.name)}" width="{PREVIEW_SIDE}">'
+
+
+def find(inspections: list[Inspection], name: str | None) -> Inspection | None:
+    """The inspection of the image the page selected by ``name``, if any."""
+    return next((item for item in inspections if item.name == name), None)
 
 
 class Handlers:
@@ -68,7 +70,7 @@ class Handlers:
 
     def details(self, inspections: list[Inspection], name: str | None, threshold: float) -> tuple:
         """The selected image's overlay, score, label, type, answer and timing under ``threshold``."""
-        inspection = next((item for item in inspections if item.name == name), None)
+        inspection = find(inspections, name)
         if inspection is None:
             return None, None, "", "", "", ""
         prediction = inspection.prediction
@@ -141,7 +143,7 @@ class Handlers:
         self, inspections: list[Inspection], name: str | None, question: str, history: list[dict]
     ) -> Iterator[tuple[list[dict], str, str]]:
         """A follow-up question about the selected image, streamed into the chat."""
-        inspection = next((item for item in inspections if item.name == name), None)
+        inspection = find(inspections, name)
         if inspection is None:
             raise gr.Error("Inspect an image first, then ask about it.")
         history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": ""}]

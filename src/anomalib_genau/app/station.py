@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from anomalib_genau.dialogue import DialogueCodec
 DEFAULT_THRESHOLD = 0.5
 # ``predictions.jsonl``'s fields (``anomalib predict``'s PredictionWriter), then the station's own
 RECORD_FIELDS = ("image_path", "pred_score", "pred_label", "pred_defect_type", "explanation", "mask_path")
+PREVIEW_SIDE = 64  # pixels, the longer side of an inspection's preview
 
 
 class UploadError(ValueError):
@@ -88,6 +90,13 @@ class Inspection:
         heat = visualize_anomaly_map(torch.from_numpy(self.prediction.anomaly_map))
         outline = visualize_mask(torch.from_numpy(self.mask(threshold)), mode="contour", color=(255, 0, 0), alpha=1.0)
         return overlay_images(image, [heat, outline], alpha=[0.4, 1.0]).convert("RGB")
+
+    @cached_property
+    def preview(self) -> Image.Image:
+        """:meth:`overlay` at the export's threshold, at most ``PREVIEW_SIDE`` pixels a side; drawn once."""
+        image = self.overlay()
+        image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        return image
 
     def record(self, threshold: float = DEFAULT_THRESHOLD, mask_path: str | None = None) -> dict[str, Any]:
         """The ``predictions.jsonl`` record, under ``threshold``, plus the station's ``seconds``."""
