@@ -132,6 +132,53 @@ def test_f32_matches_torch_on_every_size(trained_module: GenAU, f32_export: Path
         assert prediction.explanation == reference["answer"]
 
 
+def test_torch_predict_and_openvino_read_a_file_alike(
+    trained_module: GenAU, f32_export: Path, images: list[Path], tmp_path: Path
+) -> None:
+    """16-bit, palette, RGBA and EXIF-rotated files: ``anomalib predict`` and OpenVINO see the same pixels."""
+    from anomalib.engine import Engine
+    from PIL import Image
+
+    from anomalib_genau.data.images import read_rgb
+
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    source = Image.open(images[1]).convert("RGB").resize((112, 112))  # the module's input size: no resize
+    upright = np.asarray(source, dtype=np.float32) / 255
+    gray = (np.asarray(source.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)  # 16-bit, full range
+    Image.fromarray(gray).save(folder / "a_gray16.png")
+    source.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(folder / "b_palette.png")
+    rgba = source.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "c_rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored pixels are shown rotated 90 degrees clockwise
+    source.transpose(Image.Transpose.ROTATE_90).save(folder / "d_rotated.png", exif=exif)
+
+    expected = {
+        "a_gray16.png": np.repeat((gray / 65535.0)[..., None], 3, axis=-1),  # not saturated to white
+        "b_palette.png": np.asarray(Image.open(folder / "b_palette.png").convert("RGB"), dtype=np.float32) / 255,
+        "c_rgba.png": upright,  # alpha dropped, colour kept
+        "d_rotated.png": upright,  # shown upright
+    }
+    for name, pixels in expected.items():
+        assert np.abs(read_rgb(folder / name).permute(1, 2, 0).numpy() - pixels).max() < 1e-6, name
+    assert float(read_rgb(folder / "a_gray16.png").mean()) < 0.9
+
+    engine = Engine(default_root_dir=tmp_path / "run", logger=False)
+    batches = engine.predict(model=trained_module, data_path=folder, return_predictions=True)
+    read_by_torch = {Path(path).name: batch.image[i] for batch in batches for i, path in enumerate(batch.image_path)}
+    assert sorted(read_by_torch) == sorted(expected)
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    for name, image in read_by_torch.items():
+        assert np.abs(image.permute(1, 2, 0).numpy() - expected[name]).max() < 1e-6, name
+        prediction = inferencer.predict(folder / name, category="carpet")  # the file, read by the inferencer
+        reference = torch_reference(trained_module, image, (112, 112), "carpet")
+        assert np.abs(prediction.anomaly_map - reference["map"]).max() < F32_TOLERANCE, name
+        assert abs(prediction.pred_score - reference["score"]) < F32_TOLERANCE, name
+        assert prediction.explanation == reference["answer"], name
+
+
 def test_a_visual_token_budget_is_exported_with_its_model(
     tiny_backbone: Path, as_trained: Callable[..., GenAU], images: list[Path], tmp_path: Path
 ) -> None:
