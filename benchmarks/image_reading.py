@@ -1,6 +1,7 @@
 """Does the tiny stand-in's decoder read local evidence from the image? Probes on generic scenes.
 
     python benchmarks/image_reading.py [BACKBONE] [--finetune-steps 300] [--learning-rate 1e-3] [--train-tower]
+        [--reset-projector] [--frozen-projector]
 
 Asks "Are there any marks?" about held-out pre-training scenes (half with marks, half without)
 and prints, next to each other, held-out AUROC of:
@@ -11,7 +12,13 @@ and prints, next to each other, held-out AUROC of:
 - the decoder's own yes/no log-odds, before and after fine-tuning on this one question
   (projector and decoder, or everything with ``--train-tower``), with their spread;
 - the greedy answer to "What is the background?": its colour (a global statistic) and its
-  pattern (local structure) against chance.
+  pattern (local structure) against chance;
+- the spectrum of the tower's features and of the projected image tokens: their mean norm, the
+  norm of their mean, and their standard deviation along the first principal directions.
+
+``--reset-projector`` re-initialises the projector before fine-tuning, its output centred (the
+bias removes the mean token) and scaled to the text embeddings' norm; ``--frozen-projector``
+keeps the projector as it is while the decoder fine-tunes.
 
 No anomaly data is involved: GenAU's yes/no answer needs the same reading of local evidence.
 """
@@ -113,10 +120,55 @@ def background_answers(model, processor, seed: int, count: int = 40) -> tuple[fl
     return colour / count, pattern / count
 
 
-def finetune_on_marks(model, processor, steps: int, learning_rate: float, train_tower: bool, seed: int) -> None:
-    """Train on the marks question alone (batches of 16), the tower frozen unless ``train_tower``."""
+@torch.no_grad()
+def token_spectrum(model, processor, seed: int, count: int = 32) -> str:
+    """The projector's input (tower features) and output (image tokens) over ``count`` scenes.
+
+    For each: the mean norm, the norm of the mean, and the deviations' sd along the top 6 principal directions.
+    """
+    rng = np.random.default_rng(seed)
+    seen: list[torch.Tensor] = []
+    hook = model.model.multi_modal_projector.register_forward_hook(lambda _, inputs, __: seen.append(inputs[0]))
+    tokens = torch.cat(list(image_tokens(model, processor, [render(draw_scene(rng), rng) for _ in range(count)])))
+    hook.remove()
+    lines = []
+    for name, values in (("tower features", seen[0].flatten(0, -2)), ("image tokens", tokens)):
+        spreads = torch.linalg.svdvals(values - values.mean(0))[:6] / len(values) ** 0.5
+        lines.append(
+            f"{name}: mean norm {float(values.norm(dim=-1).mean()):.2f}, norm of the mean "
+            f"{float(values.mean(0).norm()):.2f}, sd along the top directions "
+            + " ".join(f"{float(value):.3f}" for value in spreads)
+        )
+    return "\n".join(lines)
+
+
+def image_tokens(model, processor, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """Each image's ``(N, D)`` projected tokens."""
+    inputs = processor(images=images, text=["<image>"] * len(images), return_tensors="pt")
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+    return list(features.pooler_output)
+
+
+@torch.no_grad()
+def reset_projector(model, processor, seed: int) -> None:
+    """A fresh projector whose tokens are centred (zero mean over scenes) with the text embeddings' mean norm."""
+    projector = model.model.multi_modal_projector
+    torch.manual_seed(seed)
+    projector.linear_1.reset_parameters()
+    projector.linear_2.reset_parameters()
+    rng = np.random.default_rng(seed)
+    tokens = torch.cat(image_tokens(model, processor, [render(draw_scene(rng), rng) for _ in range(32)]))
+    projector.linear_2.bias.sub_(tokens.mean(0))
+    centred = tokens - tokens.mean(0)
+    scale = float(model.get_input_embeddings().weight.norm(dim=-1).mean() / centred.norm(dim=-1).mean())
+    projector.linear_2.weight.mul_(scale)
+    projector.linear_2.bias.mul_(scale)
+
+
+def finetune_on_marks(model, processor, steps: int, learning_rate: float, frozen: tuple[str, ...], seed: int) -> None:
+    """Train on the marks question alone (batches of 16), the parameters whose names contain ``frozen`` frozen."""
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(train_tower or "vision_tower" not in name)
+        parameter.requires_grad_(not any(part in name for part in frozen))
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = optimizer_with_schedule(parameters, Schedule(steps, 16, learning_rate))
     rng = np.random.default_rng(seed)
@@ -139,6 +191,8 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--train-tower", action="store_true")
+    parser.add_argument("--reset-projector", action="store_true")
+    parser.add_argument("--frozen-projector", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -151,20 +205,33 @@ def main() -> None:
         f"  decoder yes/no log-odds            {float(binary_auroc(test['log_odds'], test['labels'])):.3f}"
         f" (spread {float(test['log_odds'].std()):.4f})"
     )
+    print(token_spectrum(model, processor, seed=5))
     colour, pattern = background_answers(model, processor, seed=3)
     print(
         f"'What is the background?': colour named {colour:.2f} (chance {1 / len(COLOURS):.2f}), "
         f"pattern named {pattern:.2f} (chance {1 / len(BACKGROUNDS):.2f})"
     )
     if args.finetune_steps:
-        tower = "everything" if args.train_tower else "projector and decoder"
+        frozen = () if args.train_tower else ("vision_tower",)
+        frozen += ("multi_modal_projector",) if args.frozen_projector else ()
+        parts = [
+            word
+            for part, word in (("vision_tower", "tower"), ("multi_modal_projector", "projector"))
+            if part not in frozen
+        ]
+        tower = ", ".join([*parts, "decoder"])
+        if args.reset_projector:
+            reset_projector(model, processor, seed=6)
+            tower += ", the projector reset"
+            print("reset: " + token_spectrum(model, processor, seed=5))
         print(f"fine-tuning {tower} on the marks question: {args.finetune_steps} steps, lr {args.learning_rate}")
-        finetune_on_marks(model, processor, args.finetune_steps, args.learning_rate, args.train_tower, seed=4)
+        finetune_on_marks(model, processor, args.finetune_steps, args.learning_rate, frozen, seed=4)
         test = read_marks(model, processor, seed=2)
         print(
             f"  decoder yes/no log-odds after      {float(binary_auroc(test['log_odds'], test['labels'])):.3f}"
             f" (spread {float(test['log_odds'].std()):.4f})"
         )
+        print("after: " + token_spectrum(model, processor, seed=5))
     print(f"{time.perf_counter() - start:.0f} s, {torch.get_num_threads()} threads")
 
 
