@@ -1,7 +1,7 @@
 """Can the stand-in's decoder learn to find a few distinct image tokens among hundreds? A needle test.
 
     python benchmarks/decoder_needle.py [BACKBONE] [--steps 300] [--learning-rate 1e-3]
-        [--strengths 8 3 1.5] [--needles 1 8]
+        [--strengths 8 16 40] [--needles 1 8] [--curriculum]
 
 GenAU's yes/no answer needs the decoder to attend to the few image tokens of a defect.
 ``benchmarks/image_reading.py`` shows that the stand-in's decoder does not learn that from the
@@ -9,7 +9,9 @@ tower's tokens of marked scenes; this script asks whether the decoder could, giv
 evidence is known. Its image tokens are the stand-in's own projected tokens of mark-free scenes
 (their scale and statistics are real); in half of the examples ``needles`` of them are moved by
 ``strength`` background standard deviations along one fixed direction. Only the decoder (and its
-tied embeddings) trains, on the marks question's "Yes." / "No." answer.
+tied embeddings) trains, on the marks question's "Yes." / "No." answer. With ``--curriculum`` it
+trains on loud needles (40 sd, 8 of them) for the first third of the steps, ramps to the setting
+over the second third, and trains on the setting for the last.
 
 For every (strength, needles) it prints held-out AUROC of:
 
@@ -115,6 +117,14 @@ def held_out_auroc(dialogue: NeedleDialogue, tokens: torch.Tensor, labels: torch
     return float(binary_auroc(scores.float(), labels))
 
 
+def setting(step: int, args, strength: float, needles: int) -> tuple[float, int]:
+    """The needles trained on at ``step``; ``--curriculum`` ramps from 40 sd and 8 needles in the middle third."""
+    if not args.curriculum:
+        return strength, needles
+    progress = min(1.0, max(0.0, 3 * step / args.steps - 1))
+    return 40 + (strength - 40) * progress, round(8 + (needles - 8) * progress)
+
+
 def run(backbone: str, haystacks: tuple[Haystack, Haystack], strength: float, needles: int, args) -> dict[str, float]:
     """Train a fresh decoder on one needle setting; the four held-out AUROCs."""
     torch.manual_seed(0)
@@ -135,7 +145,7 @@ def run(backbone: str, haystacks: tuple[Haystack, Haystack], strength: float, ne
     rng = np.random.default_rng(1)
     for step in range(args.steps):
         model.train()
-        loss = dialogue.loss(*train.draw(rng, BATCH, strength, needles))
+        loss = dialogue.loss(*train.draw(rng, BATCH, *setting(step, args, strength, needles)))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -153,8 +163,9 @@ def main() -> None:
     parser.add_argument("backbone", nargs="?", default=str(SHIPPED_BACKBONE))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--strengths", type=float, nargs="+", default=[8.0, 3.0, 1.5])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[8.0, 16.0, 40.0])
     parser.add_argument("--needles", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--curriculum", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()
     model, processor = load_backbone(args.backbone)
@@ -168,6 +179,7 @@ def main() -> None:
         f"{train_tokens.shape[1]} image tokens per scene, width {train_tokens.shape[2]}, mean norm "
         f"{float(train_tokens.norm(dim=-1).mean()):.1f}; spread along the needle direction {spread:.2f}; "
         f"{args.steps} steps of {BATCH}, lr {args.learning_rate}, decoder only"
+        + (", curriculum from 40 sd and 8 needles" if args.curriculum else "")
     )
     header = (
         "| strength (sd) | needles | best reader (max) | uniform attention (mean) | decoder before | decoder after |"
