@@ -1,7 +1,7 @@
 """Does the tiny stand-in's decoder read local evidence from the image? Probes on generic scenes.
 
     python benchmarks/image_reading.py [BACKBONE] [--finetune-steps 300] [--learning-rate 1e-3] [--train-tower]
-        [--reset-projector] [--frozen-projector]
+        [--reset-projector] [--frozen-projector] [--curriculum]
 
 Asks "Are there any marks?" about held-out pre-training scenes (half with marks, half without)
 and prints, next to each other, held-out AUROC of:
@@ -18,7 +18,8 @@ and prints, next to each other, held-out AUROC of:
 
 ``--reset-projector`` re-initialises the projector before fine-tuning, its output centred (the
 bias removes the mean token) and scaled to the text embeddings' norm; ``--frozen-projector``
-keeps the projector as it is while the decoder fine-tunes.
+keeps the projector as it is while the decoder fine-tunes; ``--curriculum`` fine-tunes on scenes
+whose marks are all large or thick first (see :func:`finetune_on_marks`).
 
 No anomaly data is involved: GenAU's yes/no answer needs the same reading of local evidence.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -40,17 +42,22 @@ from anomalib_genau.pretraining.stages import Schedule, dialogue_inputs, optimiz
 QUESTION = "Are there any marks?"
 
 
-def marks_scene(rng: np.random.Generator) -> Scene:
-    """A scene with marks, or (half the time) its background alone."""
+def marks_scene(rng: np.random.Generator, loud: bool = False) -> Scene:
+    """A scene with marks, or (half the time) its background alone; ``loud`` marks are all large or thick."""
     scene = draw_scene(rng)
     while not scene.marks:
         scene = draw_scene(rng)
+    if loud:
+        marks = tuple(replace(mark, size="thick" if mark.shape == "line" else "large") for mark in scene.marks)
+        scene = replace(scene, marks=marks)
     return scene if rng.random() < 0.5 else Scene(scene.background, scene.colour, ())
 
 
-def marks_batch(processor, rng: np.random.Generator, count: int) -> tuple[dict, torch.Tensor, int]:
+def marks_batch(
+    processor, rng: np.random.Generator, count: int, loud_share: float = 0.0
+) -> tuple[dict, torch.Tensor, int]:
     """Processor inputs with the answers and their ``labels``, ``(count,)`` has-marks labels, answer length."""
-    scenes = [marks_scene(rng) for _ in range(count)]
+    scenes = [marks_scene(rng, loud=rng.random() < loud_share) for _ in range(count)]
     dialogues = [(QUESTION, "Yes." if scene.marks else "No.") for scene in scenes]
     inputs = dialogue_inputs(processor, [render(s, rng) for s in scenes], dialogues)
     tokenizer = processor.tokenizer
@@ -165,8 +172,14 @@ def reset_projector(model, processor, seed: int) -> None:
     projector.linear_2.bias.mul_(scale)
 
 
-def finetune_on_marks(model, processor, steps: int, learning_rate: float, frozen: tuple[str, ...], seed: int) -> None:
-    """Train on the marks question alone (batches of 16), the parameters whose names contain ``frozen`` frozen."""
+def finetune_on_marks(
+    model, processor, steps: int, learning_rate: float, frozen: tuple[str, ...], seed: int, curriculum: bool
+) -> None:
+    """Train on the marks question alone (batches of 16), the parameters whose names contain ``frozen`` frozen.
+
+    With ``curriculum``, every scene's marks are loud for the first third of the steps, and their
+    share falls to none over the second third.
+    """
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not any(part in name for part in frozen))
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -174,7 +187,8 @@ def finetune_on_marks(model, processor, steps: int, learning_rate: float, frozen
     rng = np.random.default_rng(seed)
     model.train()
     for step in range(steps):
-        inputs, _, _ = marks_batch(processor, rng, 16)
+        loud_share = min(1.0, max(0.0, 2 - 3 * step / steps)) if curriculum else 0.0
+        inputs, _, _ = marks_batch(processor, rng, 16, loud_share)
         loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
@@ -193,6 +207,7 @@ def main() -> None:
     parser.add_argument("--train-tower", action="store_true")
     parser.add_argument("--reset-projector", action="store_true")
     parser.add_argument("--frozen-projector", action="store_true")
+    parser.add_argument("--curriculum", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -224,8 +239,9 @@ def main() -> None:
             reset_projector(model, processor, seed=6)
             tower += ", the projector reset"
             print("reset: " + token_spectrum(model, processor, seed=5))
+        tower += ", loud marks first" if args.curriculum else ""
         print(f"fine-tuning {tower} on the marks question: {args.finetune_steps} steps, lr {args.learning_rate}")
-        finetune_on_marks(model, processor, args.finetune_steps, args.learning_rate, frozen, seed=4)
+        finetune_on_marks(model, processor, args.finetune_steps, args.learning_rate, frozen, 4, args.curriculum)
         test = read_marks(model, processor, seed=2)
         print(
             f"  decoder yes/no log-odds after      {float(binary_auroc(test['log_odds'], test['labels'])):.3f}"
