@@ -35,8 +35,8 @@ from anomalib_genau.backbone import load_backbone
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
 from anomalib_genau.pretraining.scenes import Scene, draw_scene, render
 from anomalib_genau.pretraining.stages import Schedule, dialogue_inputs, optimizer_with_schedule
+from image_reading import QUESTION, image_tokens, loud_share
 
-QUESTION = "Are there any marks?"
 BATCH = 16
 
 
@@ -71,12 +71,8 @@ class Haystack:
 def mark_free_tokens(model, processor, seed: int, count: int) -> torch.Tensor:
     """``(count, N, D)`` projected image tokens of scenes without marks."""
     rng = np.random.default_rng(seed)
-    images = [
-        render(Scene(scene.background, scene.colour, ()), rng) for scene in (draw_scene(rng) for _ in range(count))
-    ]
-    inputs = processor(images=images, text=["<image>"] * count, return_tensors="pt")
-    features = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
-    return torch.stack(list(features.pooler_output))
+    scenes = (draw_scene(rng) for _ in range(count))  # each drawn, then rendered, from one stream
+    return torch.stack(image_tokens(model, processor, [render(Scene(s.background, s.colour, ()), rng) for s in scenes]))
 
 
 class NeedleDialogue:
@@ -121,7 +117,7 @@ def setting(step: int, args, strength: float, needles: int) -> tuple[float, int]
     """The needles trained on at ``step``; ``--curriculum`` ramps from 40 sd and 8 needles in the middle third."""
     if not args.curriculum:
         return strength, needles
-    progress = min(1.0, max(0.0, 3 * step / args.steps - 1))
+    progress = 1 - loud_share(step, args.steps)
     return 40 + (strength - 40) * progress, round(8 + (needles - 8) * progress)
 
 

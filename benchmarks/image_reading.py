@@ -172,6 +172,11 @@ def reset_projector(model, processor, seed: int) -> None:
     projector.linear_2.bias.mul_(scale)
 
 
+def loud_share(step: int, steps: int) -> float:
+    """A curriculum's share of loud examples at ``step``: all for the first third, none from two thirds on."""
+    return min(1.0, max(0.0, 2 - 3 * step / steps))
+
+
 def finetune_on_marks(
     model, processor, steps: int, learning_rate: float, frozen: tuple[str, ...], seed: int, curriculum: bool
 ) -> None:
@@ -187,8 +192,7 @@ def finetune_on_marks(
     rng = np.random.default_rng(seed)
     model.train()
     for step in range(steps):
-        loud_share = min(1.0, max(0.0, 2 - 3 * step / steps)) if curriculum else 0.0
-        inputs, _, _ = marks_batch(processor, rng, 16, loud_share)
+        inputs, _, _ = marks_batch(processor, rng, 16, loud_share(step, steps) if curriculum else 0.0)
         loss = model(**inputs).loss
         optimizer.zero_grad()
         loss.backward()
