@@ -39,15 +39,14 @@ def without_subtle_defects(source: Path, copy: Path) -> int:
 
 def train_in_phases(name: str, phases: list[tuple[Path, int]]) -> tuple[dict, float]:
     """Fit one model through ``(source root, epochs)`` phases (each restarts the schedule); part metrics, seconds."""
-    from anomalib.cli import AnomalibCLI
-
     from anomalib_genau.data.synthetic import read_difficulty
     from anomalib_genau.evaluation import TestRecorder, part_metrics
+    from anomalib_genau.seeded_cli import SeededAnomalibCLI
 
     start, model = time.perf_counter(), None
     for index, (root, epochs) in enumerate(phases):
         overrides = [f"--data.init_args.source_root={root}", f"--trainer.max_epochs={epochs}"]
-        cli = AnomalibCLI(
+        cli = SeededAnomalibCLI(
             ["train", "--config", str(CONFIG), *overrides, f"--default_root_dir=results/{name}_{index}"], run=False
         )
         model = model or cli.model

@@ -26,14 +26,14 @@ METRICS = ("image_AUROC", "pixel_AUROC", "yes_no_agreement", "type_WeightedF1")
 def train_and_test(budget: str, epochs: int | None) -> tuple[dict, int, float]:
     """Part metrics of the demo configuration trained with ``budget``; its image tokens; seconds."""
     import torch
-    from anomalib.cli import AnomalibCLI
 
     from anomalib_genau.data.synthetic import read_difficulty
     from anomalib_genau.evaluation import TestRecorder, part_metrics
+    from anomalib_genau.seeded_cli import SeededAnomalibCLI
 
     overrides = [f"--model.visual_tokens={budget}", f"--default_root_dir=results/{budget}"]
     overrides += [] if epochs is None else [f"--trainer.max_epochs={epochs}"]
-    cli = AnomalibCLI(["train", "--config", str(CONFIG), *overrides], run=False)
+    cli = SeededAnomalibCLI(["train", "--config", str(CONFIG), *overrides], run=False)
     engine, model, datamodule = cli.engine, cli.model, cli.datamodule
     model.visualizer = None  # no pictures: the table is the result
     target_root = Path(cli.config["train"]["data"]["init_args"]["target_root"])

@@ -8,6 +8,8 @@ import pytest
 import torch
 from anomalib.cli import AnomalibCLI
 
+from anomalib_genau.seeded_cli import SeededAnomalibCLI
+
 RECIPES = ["genau_0.5b.yaml", "genau_7b.yaml", "genau_7b_fsdp.yaml"]
 
 
@@ -61,3 +63,28 @@ def test_recipe_trains_one_step_on_cpu_with_the_tiny_backbone(
     assert changed
     assert changed <= trainable
     assert any(n.startswith("model.readout.") for n in changed)
+
+
+def demo_cli(repo_root: Path, backbone: Path, source_root: Path, target_root: Path, *extra: str) -> SeededAnomalibCLI:
+    """The demo's config through the seeded CLI, on the small generated data."""
+    data = [
+        f"--data.source_root={source_root}",
+        f"--data.target_root={target_root}",
+        "--data.source_categories=[carpet]",
+    ]
+    arguments = ["train", "--config", str(repo_root / "configs" / "genau_tiny.yaml"), f"--model.backbone={backbone}"]
+    return SeededAnomalibCLI([*arguments, *data, "--data.target_categories=[carpet]", *extra], run=False)
+
+
+def test_the_config_seed_fixes_the_initial_weights(
+    repo_root: Path, tiny_backbone: Path, source_root: Path, target_root: Path
+) -> None:
+    """``seed_everything: 0`` gives the same readout, LoRA and token weights each time; another seed others."""
+
+    def trainable(*extra: str) -> torch.Tensor:
+        model = demo_cli(repo_root, tiny_backbone, source_root, target_root, *extra).model
+        return torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+
+    first, again, other = trainable(), trainable(), trainable("--seed_everything=1")
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)

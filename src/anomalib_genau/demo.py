@@ -155,11 +155,11 @@ def run_demo(config: Path | str | None = None, epochs: int | None = None) -> Non
     nearest-neighbour reference on the target's own normal images). All metric sets go to
     ``demo_metrics.json`` in the run folder, next to the pictures of the visualizer.
     """
-    from anomalib.cli import AnomalibCLI
     from anomalib.engine import Engine
 
     from anomalib_genau.data.synthetic import read_difficulty
     from anomalib_genau.evaluation import TestRecorder, part_metrics, reference_records
+    from anomalib_genau.seeded_cli import SeededAnomalibCLI
 
     config = DEMO_CONFIG if config is None else Path(config)
     if not config.is_file():
@@ -167,7 +167,7 @@ def run_demo(config: Path | str | None = None, epochs: int | None = None) -> Non
         raise SystemExit(msg)
     prepare_demo_artifacts(Path.cwd())
     overrides = [] if epochs is None else [f"--trainer.max_epochs={epochs}"]
-    cli = AnomalibCLI(["train", "--config", str(config), *overrides], run=False)
+    cli = SeededAnomalibCLI(["train", "--config", str(config), *overrides], run=False)
     engine, model, datamodule = cli.engine, cli.model, cli.datamodule
     root = Path(cli.config["train"]["default_root_dir"])
     target_root = Path(cli.config["train"]["data"]["init_args"]["target_root"])

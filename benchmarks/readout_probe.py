@@ -1,0 +1,213 @@
+"""How well can GenAU's readout segment with the stand-in's tower features, and where does the map lose?
+
+    python benchmarks/readout_probe.py SOURCE TARGET [--backbone DIR] [--steps 184 2000]
+        [--learning-rates 2e-3] [--temperatures 0.07] [--batch-size 4] [--views global high-res fused]
+
+SOURCE and TARGET are generated MVTec-layout roots (``anomalib-genau synthetic-data``; the
+demo's ``datasets/genau_synthetic/source`` and ``target``). The frozen tower's stage features
+of every source test image (what GenAU trains on) and target test image are computed once by
+``GenAUModel.see``. Then GenAU's own readout (``AnchorReadout``) learns with GenAU's own
+segmentation loss, as in training, but with the two anchors as free parameters instead of the
+decoder's ``[SEG]`` states. It is the best case of a decoder that gives good constant anchors;
+the readout's output is GenAU's map (``anomaly_map``), so its held-out figures bound what the
+end-to-end model can reach on these features with this loss.
+
+Printed per number of steps, on the target's easy and subtle parts (every normal image in
+both): pixel AUROC and image AUROC of the map maximum for the global view alone, the
+high-resolution AnyRes readout alone and GenAU's fusion of the two, for a readout trained on the
+global view (as GenAU trains) and one trained on both views.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import get_cosine_schedule_with_warmup
+
+from anomalib_genau.data.images import read_rgb
+from anomalib_genau.evaluation.parts import ImageRecord, part_metrics
+from anomalib_genau.models.genau.anyres import reassemble_tiles
+from anomalib_genau.models.genau.loss import GenAULoss
+from anomalib_genau.models.genau.readout import AnchorReadout, anomaly_map
+from anomalib_genau.models.genau.torch_model import GenAUModel
+from anomalib_genau.pretraining import SHIPPED_BACKBONE
+
+VIEWS = ("global", "high-res", "fused")
+PARTS = ("easy", "subtle")
+
+
+@dataclass
+class Example:
+    """One test image's frozen stage features, mask and truth."""
+
+    key: str
+    label: int
+    mask: torch.Tensor  # (H, W) bool
+    global_stages: list[torch.Tensor]  # S x (N, C)
+    high_res_stages: list[torch.Tensor]  # S x (h * w, C), the reassembled AnyRes grid
+    high_res_grid: tuple[int, int]
+
+
+def read_mask(root: Path, image: Path, size: tuple[int, int]) -> torch.Tensor:
+    """The image's ground-truth mask, all False for ``good``."""
+    defect = image.parent.name
+    if defect == "good":
+        return torch.zeros(size, dtype=torch.bool)
+    category = image.parents[2]
+    mask = Image.open(category / "ground_truth" / defect / f"{image.stem}_mask.png").convert("L")
+    return torch.from_numpy(np.asarray(mask.resize(size[::-1], Image.Resampling.NEAREST)) > 127)
+
+
+@torch.no_grad()
+def examples(model: GenAUModel, root: Path) -> list[Example]:
+    """Every test image under ``root``, through the model's vision pass."""
+    pinpoints = model.llava.config.image_grid_pinpoints
+    result = []
+    for path in sorted(root.glob("*/test/*/*.png")):
+        image = read_rgb(path)
+        vision = model.see(image[None])
+        grids = [
+            reassemble_tiles(stage, vision.image_sizes[0], pinpoints, model.tile_size)
+            for stage in vision.tile_stages[0]
+        ]
+        result.append(
+            Example(
+                key=path.relative_to(root).as_posix(),
+                label=int(path.parent.name != "good"),
+                mask=read_mask(root, path, tuple(image.shape[-2:])),
+                global_stages=[stage[0] for stage in vision.global_stages],
+                high_res_stages=[grid.flatten(0, 1) for grid in grids],
+                high_res_grid=tuple(grids[0].shape[:2]),
+            )
+        )
+    return result
+
+
+def stacked(batch: list[Example], high_res: bool) -> list[torch.Tensor]:
+    """Per stage ``(B, N, C)`` features of the batch's global views or high-res grids."""
+    attribute = "high_res_stages" if high_res else "global_stages"
+    return [torch.stack(stage) for stage in zip(*(getattr(e, attribute) for e in batch), strict=True)]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training run of the readout."""
+
+    steps: int
+    learning_rate: float
+    temperature: float
+    both_views: bool
+
+
+def train_readout(
+    model: GenAUModel, source: list[Example], setting: Setting, batch_size: int
+) -> tuple[AnchorReadout, torch.Tensor]:
+    """GenAU's readout and two free anchors, trained with GenAU's segmentation loss and schedule."""
+    torch.manual_seed(0)
+    projection = model.readout.projections[0]
+    readout = AnchorReadout(
+        projection.in_features, projection.out_features, len(model.vision_layers), setting.temperature
+    )
+    anchors = torch.nn.Parameter(torch.randn(1, 2, readout.projections[0].out_features))
+    optimizer = torch.optim.AdamW([*readout.parameters(), anchors], lr=setting.learning_rate, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(0.03 * setting.steps), setting.steps)
+    loss = GenAULoss()
+    rng = np.random.default_rng(0)
+    order: list[int] = []
+    for _ in range(setting.steps):
+        if len(order) < batch_size:
+            order += rng.permutation(len(source)).tolist()
+        batch = [source[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        masks = torch.stack([e.mask for e in batch]).float()
+        expanded = anchors.expand(len(batch), -1, -1)
+        value = loss.segmentation(readout(stacked(batch, False), expanded, model.grid), masks)
+        if setting.both_views:
+            logits = readout(stacked(batch, True), expanded, batch[0].high_res_grid)
+            value = value + loss.segmentation(logits, masks)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        scheduler.step()
+    return readout, anchors.detach()
+
+
+@torch.no_grad()
+def records(
+    readout: AnchorReadout, anchors: torch.Tensor, model: GenAUModel, target: list[Example], view: str
+) -> list[ImageRecord]:
+    """Per-image maps of one view (``global``, ``high-res`` or ``fused`` as GenAU fuses them)."""
+    result = []
+    for example in target:
+        size = tuple(example.mask.shape)
+        logits = readout([s[None] for s in example.global_stages], anchors, model.grid)
+        high_res = readout([s[None] for s in example.high_res_stages], anchors, example.high_res_grid)
+        if view == "global":
+            heat = anomaly_map(logits, size)
+        elif view == "high-res":
+            heat = anomaly_map(high_res, size)
+        else:
+            heat = anomaly_map(logits, size, [high_res], model.high_res_weight)
+        heat = heat[0, 0]
+        result.append(ImageRecord(example.key, example.label, example.mask, heat, float(heat.max())))
+    return result
+
+
+def difficulty(root: Path) -> dict[str, str]:
+    """``difficulty.csv``: anomalous image key -> ``easy`` or ``subtle``."""
+    lines = (root / "difficulty.csv").read_text().splitlines()[1:]
+    return dict(line.split(",") for line in lines)
+
+
+def main() -> None:
+    """Extract features once, train the readout for each step count, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path)
+    parser.add_argument("target", type=Path)
+    parser.add_argument("--backbone", default=str(SHIPPED_BACKBONE))
+    parser.add_argument("--steps", type=int, nargs="+", default=[184, 2000])
+    parser.add_argument("--learning-rates", type=float, nargs="+", default=[2e-3])
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.07])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
+    args = parser.parse_args()
+    torch.set_grad_enabled(True)
+    model = GenAUModel(args.backbone, lora=False).eval()
+    start = time.perf_counter()
+    source, target = examples(model, args.source), examples(model, args.target)
+    parts = difficulty(args.target)
+    print(f"features of {len(source)} source and {len(target)} target images: {time.perf_counter() - start:.0f} s")
+    columns = (
+        "steps",
+        "learning rate",
+        "temperature",
+        "trained on",
+        "view",
+        *(f"{p} {m}" for p in PARTS for m in ("pixel", "image")),
+    )
+    print("| " + " | ".join(columns) + " |")
+    print("|---" * len(columns) + "|")
+    for steps, learning_rate, temperature, both_views in product(
+        args.steps, args.learning_rates, args.temperatures, (False, True)
+    ):
+        setting = Setting(steps, learning_rate, temperature, both_views)
+        readout, anchors = train_readout(model, source, setting, args.batch_size)
+        for view in args.views:
+            metrics = part_metrics(records(readout, anchors, model, target, view), parts)
+            cells = [f"{metrics[part][name]:.3f}" for part in PARTS for name in ("pixel_AUROC", "image_AUROC")]
+            trained = "both views" if both_views else "global view"
+            print(
+                f"| {steps} | {learning_rate:g} | {temperature:g} | {trained} | {view} | {' | '.join(cells)} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
