@@ -15,11 +15,8 @@ where both AUROCs move by at most 0.01 (issue 21).
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "genau_tiny.yaml"
 METRICS = ("image_AUROC", "pixel_AUROC", "yes_no_agreement", "type_WeightedF1")
 
 
@@ -27,25 +24,14 @@ def train_and_test(budget: str, epochs: int | None) -> tuple[dict, int, float]:
     """Part metrics of the demo configuration trained with ``budget``; its image tokens; seconds."""
     import torch
 
-    from anomalib_genau.data.synthetic import read_difficulty
-    from anomalib_genau.evaluation import TestRecorder, part_metrics
-    from anomalib_genau.seeded_cli import SeededAnomalibCLI
+    from demo_settings import train_and_test as train_and_test_demo
 
-    overrides = [f"--model.visual_tokens={budget}", f"--default_root_dir=results/{budget}"]
+    overrides = [f"--model.visual_tokens={budget}"]
     overrides += [] if epochs is None else [f"--trainer.max_epochs={epochs}"]
-    cli = SeededAnomalibCLI(["train", "--config", str(CONFIG), *overrides], run=False)
-    engine, model, datamodule = cli.engine, cli.model, cli.datamodule
-    model.visualizer = None  # no pictures: the table is the result
-    target_root = Path(cli.config["train"]["data"]["init_args"]["target_root"])
-    recorder = TestRecorder(target_root)
-    start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    engine.trainer.callbacks.append(recorder)
-    engine.test(model=model, datamodule=datamodule, verbose=False)
-    seconds = time.perf_counter() - start
+    parts, model, seconds = train_and_test_demo(overrides, budget)
     with torch.no_grad():
         tokens = model.model.see(torch.rand(1, 3, 224, 224)).token_counts[0]
-    return part_metrics(recorder.records, read_difficulty(target_root)), tokens, seconds
+    return parts, tokens, seconds
 
 
 def main() -> None:
@@ -57,16 +43,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (default: the demo configuration's)")
     args = parser.parse_args()
 
-    import torch
+    from demo_settings import enter_workdir
 
-    from anomalib_genau.demo import prepare_demo_artifacts
-    from timing import cpu_description
-
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    cpu = cpu_description()
-    os.chdir(args.workdir)  # the configuration's paths are relative: backbones/, datasets/, results/
-    prepare_demo_artifacts(Path.cwd())
-    print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    enter_workdir(args.workdir)
     rows = {budget: train_and_test(budget, args.epochs) for budget in args.budgets}
 
     reference = rows.get("anyres", (None,))[0]

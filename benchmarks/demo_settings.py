@@ -1,0 +1,90 @@
+"""The demo's configuration trained with other model settings, each from the same seed, side by side.
+
+    python benchmarks/demo_settings.py [--workdir demo_settings] [--target ROOT] [--seeds 0 1]
+        --settings "temperature=0.07" "temperature=2.0" "temperature=1.0 lora_dropout=0.0"
+
+Each setting is a space-separated list of ``GenAU`` arguments (``key=value``, passed as
+``--model.key=value``) applied to ``configs/genau_tiny.yaml``: the pre-trained tiny stand-in
+trained on the generated source. Every setting and seed is fitted through anomalib's CLI classes
+(seeded by ``SeededAnomalibCLI``, so a setting run twice gives the same figures) and tested on the
+demo's held-out target, or on ``--target``, a generated MVTec-layout root with its
+``difficulty.csv`` (``anomalib-genau synthetic-data`` with another seed). The table gives pixel
+AUROC and the map maximum's image AUROC on the target's easy and subtle parts and on all of it,
+the yes/no answer's agreement with the label, and the train + test time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "genau_tiny.yaml"
+PARTS = ("easy", "subtle", "all")
+
+
+def train_and_test(overrides: list[str], name: str) -> tuple[dict, Any, float]:
+    """Part metrics of the demo configuration with ``overrides`` (CLI flags), the trained module, seconds."""
+    from anomalib_genau.data.synthetic import read_difficulty
+    from anomalib_genau.evaluation import TestRecorder, part_metrics
+    from anomalib_genau.seeded_cli import SeededAnomalibCLI
+
+    cli = SeededAnomalibCLI(
+        ["train", "--config", str(CONFIG), *overrides, f"--default_root_dir=results/{name}"], run=False
+    )
+    engine, model, datamodule = cli.engine, cli.model, cli.datamodule
+    model.visualizer = None  # no pictures: the table is the result
+    target_root = Path(cli.config["train"]["data"]["init_args"]["target_root"])
+    recorder = TestRecorder(target_root)
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    engine.trainer.callbacks.append(recorder)
+    engine.test(model=model, datamodule=datamodule, verbose=False)
+    seconds = time.perf_counter() - start
+    return part_metrics(recorder.records, read_difficulty(target_root)), model, seconds
+
+
+def enter_workdir(workdir: Path) -> None:
+    """Work in ``workdir`` with the demo's backbone and data (the configuration's paths are relative); print the CPU."""
+    import torch
+
+    from anomalib_genau.demo import prepare_demo_artifacts
+    from timing import cpu_description
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cpu = cpu_description()
+    os.chdir(workdir)
+    prepare_demo_artifacts(Path.cwd())
+    print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def main() -> None:
+    """Prepare the demo's artifacts in the work folder, run every setting and seed, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("demo_settings"))
+    parser.add_argument("--settings", nargs="+", required=True, help='e.g. "temperature=2.0 lora_dropout=0.0"')
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--target", type=Path, help="generated MVTec-layout target (default: the demo's)")
+    args = parser.parse_args()
+
+    target = args.target.resolve() if args.target else None
+    enter_workdir(args.workdir)
+    columns = [f"{part} {kind}" for part in PARTS for kind in ("pixel", "image")]
+    header = "| setting | seed | " + " | ".join(columns) + " | yes/no agreement | train + test |"
+    print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
+    for index, setting in enumerate(args.settings):
+        flags = [f"--model.{assignment}" for assignment in setting.split()]
+        flags += [] if target is None else [f"--data.target_root={target}"]
+        for seed in args.seeds:
+            parts, _, seconds = train_and_test([*flags, f"--seed_everything={seed}"], f"setting{index}_seed{seed}")
+            cells = [
+                f"{parts[part][metric]:.3f}" for part in PARTS for metric in ("pixel_AUROC", "image_AUROC_map_max")
+            ]
+            agreement = parts["all"]["yes_no_agreement"]
+            print(f"| {setting} | {seed} | {' | '.join(cells)} | {agreement:.3f} | {seconds:.0f} s |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
