@@ -13,7 +13,6 @@ on the held-out target of seed 1 and printed with the demo's part metrics.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import time
 from pathlib import Path
@@ -65,18 +64,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=[4, 4], metavar=("EASY", "ALL"))
     args = parser.parse_args()
 
-    import torch
+    from demo_settings import enter_workdir
 
-    from anomalib_genau.demo import prepare_demo_artifacts
-    from timing import cpu_description
-
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    cpu = cpu_description()
-    os.chdir(args.workdir)  # the configuration's paths are relative: backbones/, datasets/, results/
-    prepare_demo_artifacts(Path.cwd())
+    enter_workdir(args.workdir)
     easy = SOURCE.with_name("source_easy")
     left_out = without_subtle_defects(SOURCE, easy)
-    print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{left_out} subtle images left out of the easy phase's source")
     runs = {
         "easy first": train_in_phases("easy_first", [(easy, args.epochs[0]), (SOURCE, args.epochs[1])]),

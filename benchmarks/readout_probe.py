@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import get_cosine_schedule_with_warmup
 
 from anomalib_genau.data.images import read_rgb
+from anomalib_genau.data.synthetic import read_difficulty
 from anomalib_genau.evaluation.parts import ImageRecord, part_metrics
+from anomalib_genau.evaluation.reference import ground_truth_mask
 from anomalib_genau.models.genau.anyres import reassemble_tiles
 from anomalib_genau.models.genau.loss import GenAULoss
 from anomalib_genau.models.genau.readout import AnchorReadout, anomaly_map
@@ -55,16 +56,6 @@ class Example:
     high_res_grid: tuple[int, int]
 
 
-def read_mask(root: Path, image: Path, size: tuple[int, int]) -> torch.Tensor:
-    """The image's ground-truth mask, all False for ``good``."""
-    defect = image.parent.name
-    if defect == "good":
-        return torch.zeros(size, dtype=torch.bool)
-    category = image.parents[2]
-    mask = Image.open(category / "ground_truth" / defect / f"{image.stem}_mask.png").convert("L")
-    return torch.from_numpy(np.asarray(mask.resize(size[::-1], Image.Resampling.NEAREST)) > 127)
-
-
 @torch.no_grad()
 def examples(model: GenAUModel, root: Path) -> list[Example]:
     """Every test image under ``root``, through the model's vision pass."""
@@ -81,7 +72,7 @@ def examples(model: GenAUModel, root: Path) -> list[Example]:
             Example(
                 key=path.relative_to(root).as_posix(),
                 label=int(path.parent.name != "good"),
-                mask=read_mask(root, path, tuple(image.shape[-2:])),
+                mask=ground_truth_mask(path, image.shape[-1]),  # generated images are square
                 global_stages=[stage[0] for stage in vision.global_stages],
                 high_res_stages=[grid.flatten(0, 1) for grid in grids],
                 high_res_grid=tuple(grids[0].shape[:2]),
@@ -115,7 +106,7 @@ def train_readout(
     readout = AnchorReadout(
         projection.in_features, projection.out_features, len(model.vision_layers), setting.temperature
     )
-    anchors = torch.nn.Parameter(torch.randn(1, 2, readout.projections[0].out_features))
+    anchors = torch.nn.Parameter(torch.randn(1, 2, projection.out_features))
     optimizer = torch.optim.AdamW([*readout.parameters(), anchors], lr=setting.learning_rate, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(0.03 * setting.steps), setting.steps)
     loss = GenAULoss()
@@ -160,12 +151,6 @@ def records(
     return result
 
 
-def difficulty(root: Path) -> dict[str, str]:
-    """``difficulty.csv``: anomalous image key -> ``easy`` or ``subtle``."""
-    lines = (root / "difficulty.csv").read_text().splitlines()[1:]
-    return dict(line.split(",") for line in lines)
-
-
 def main() -> None:
     """Extract features once, train the readout for each step count, print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,7 +167,7 @@ def main() -> None:
     model = GenAUModel(args.backbone, lora=False).eval()
     start = time.perf_counter()
     source, target = examples(model, args.source), examples(model, args.target)
-    parts = difficulty(args.target)
+    parts = read_difficulty(args.target)
     print(f"features of {len(source)} source and {len(target)} target images: {time.perf_counter() - start:.0f} s")
     columns = (
         "steps",

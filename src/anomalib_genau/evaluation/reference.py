@@ -60,7 +60,12 @@ def _read(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
-def _mask(path: Path, size: int) -> torch.Tensor:
+def ground_truth_mask(image: Path, size: int) -> torch.Tensor:
+    """``(size, size)`` truth of an MVTec-layout test image: its ``_mask.png`` resized; all False for ``good``."""
+    defect = image.parent.name
+    if defect == "good":
+        return torch.zeros(size, size, dtype=torch.bool)
+    path = image.parents[2] / "ground_truth" / defect / f"{image.stem}_mask.png"
     mask = Image.open(path).convert("L").resize((size, size), Image.Resampling.NEAREST)
     return torch.from_numpy(np.asarray(mask) > 127)
 
@@ -72,10 +77,7 @@ def reference_records(root: str | Path, categories: Sequence[str], size: int = 2
         folder = root / category
         model = NearestNeighbourPatches(size).fit([_read(p) for p in sorted((folder / "train" / "good").glob("*.png"))])
         for path in sorted((folder / "test").glob("*/*.png")):
-            defect = path.parent.name
-            label = int(defect != "good")
-            mask_path = folder / "ground_truth" / defect / f"{path.stem}_mask.png"
-            mask = _mask(mask_path, size) if label else torch.zeros(size, size, dtype=torch.bool)
+            label, mask = int(path.parent.name != "good"), ground_truth_mask(path, size)
             anomaly_map = model.anomaly_map(_read(path))
             key = path.relative_to(root).as_posix()
             records.append(ImageRecord(key, label, mask, anomaly_map, float(anomaly_map.max())))
