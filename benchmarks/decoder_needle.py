@@ -33,9 +33,9 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_genau.backbone import load_backbone
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
-from anomalib_genau.pretraining.scenes import Scene, draw_scene, render
-from anomalib_genau.pretraining.stages import Schedule, dialogue_inputs, optimizer_with_schedule
-from image_reading import QUESTION, image_tokens, loud_share
+from anomalib_genau.pretraining.scenes import MARKS_QUESTION, Scene, draw_scene, render
+from anomalib_genau.pretraining.stages import Schedule, dialogue_inputs, loud_share, optimizer_with_schedule
+from image_reading import image_tokens
 
 BATCH = 16
 
@@ -80,7 +80,9 @@ class NeedleDialogue:
 
     def __init__(self, model, processor, image: np.ndarray) -> None:
         self.model = model
-        templates = {answer: dialogue_inputs(processor, [image], [(QUESTION, answer)]) for answer in ("Yes.", "No.")}
+        templates = {
+            answer: dialogue_inputs(processor, [image], [(MARKS_QUESTION, answer)]) for answer in ("Yes.", "No.")
+        }
         self.input_ids = {answer: inputs["input_ids"][0] for answer, inputs in templates.items()}
         self.labels = {answer: inputs["labels"][0] for answer, inputs in templates.items()}
         self.image_positions = self.input_ids["Yes."] == model.config.image_token_id

@@ -1,7 +1,7 @@
 """Does the tiny stand-in's decoder read local evidence from the image? Probes on generic scenes.
 
     python benchmarks/image_reading.py [BACKBONE] [--finetune-steps 300] [--learning-rate 1e-3] [--train-tower]
-        [--reset-projector] [--frozen-projector] [--curriculum]
+        [--reset-projector] [--frozen-projector] [--curriculum] [--recall-steps 200] [--save DIR]
 
 Asks "Are there any marks?" about held-out pre-training scenes (half with marks, half without)
 and prints, next to each other, held-out AUROC of:
@@ -19,7 +19,10 @@ and prints, next to each other, held-out AUROC of:
 ``--reset-projector`` re-initialises the projector before fine-tuning, its output centred (the
 bias removes the mean token) and scaled to the text embeddings' norm; ``--frozen-projector``
 keeps the projector as it is while the decoder fine-tunes; ``--curriculum`` fine-tunes on scenes
-whose marks are all large or thick first (see :func:`finetune_on_marks`).
+whose marks are all large or thick first, and ``--recall-steps`` then recalls stage 2's questions
+at a fifth of the rate (the candidate third stage of the stand-in's pre-training,
+:func:`~anomalib_genau.pretraining.stages.pretrain_local_reading`); ``--save`` writes the
+fine-tuned stand-in, which GenAU trains on with ``--model.backbone DIR``.
 
 No anomaly data is involved: GenAU's yes/no answer needs the same reading of local evidence.
 """
@@ -28,41 +31,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_genau.backbone import load_backbone
+from anomalib_genau.backbone import load_backbone, save_backbone
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
-from anomalib_genau.pretraining.scenes import BACKGROUNDS, COLOURS, Scene, draw_scene, questions, render
-from anomalib_genau.pretraining.stages import Schedule, dialogue_inputs, optimizer_with_schedule
-
-QUESTION = "Are there any marks?"
-
-
-def marks_scene(rng: np.random.Generator, loud: bool = False) -> Scene:
-    """A scene with marks, or (half the time) its background alone; ``loud`` marks are all large or thick."""
-    scene = draw_scene(rng)
-    while not scene.marks:
-        scene = draw_scene(rng)
-    if loud:
-        marks = tuple(replace(mark, size="thick" if mark.shape == "line" else "large") for mark in scene.marks)
-        scene = replace(scene, marks=marks)
-    return scene if rng.random() < 0.5 else Scene(scene.background, scene.colour, ())
-
-
-def marks_batch(
-    processor, rng: np.random.Generator, count: int, loud_share: float = 0.0
-) -> tuple[dict, torch.Tensor, int]:
-    """Processor inputs with the answers and their ``labels``, ``(count,)`` has-marks labels, answer length."""
-    scenes = [marks_scene(rng, loud=rng.random() < loud_share) for _ in range(count)]
-    dialogues = [(QUESTION, "Yes." if scene.marks else "No.") for scene in scenes]
-    inputs = dialogue_inputs(processor, [render(s, rng) for s in scenes], dialogues)
-    tokenizer = processor.tokenizer
-    length = len(tokenizer(f"Yes.{tokenizer.eos_token}", add_special_tokens=False).input_ids)  # "No." is as long
-    return inputs, torch.tensor([bool(scene.marks) for scene in scenes]), length
+from anomalib_genau.pretraining.artifact import DIALOGUE_IMAGE_SIZE
+from anomalib_genau.pretraining.scenes import BACKGROUNDS, COLOURS, MARKS_QUESTION, draw_scene, questions, render
+from anomalib_genau.pretraining.stages import RECALL_SCHEDULE, Schedule, marks_batch, pretrain_local_reading
 
 
 def probe_auroc(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -88,10 +66,12 @@ def probe_auroc(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, 
 def read_marks(model, processor, seed: int, batches: int = 8) -> dict[str, torch.Tensor]:
     """Pooled image tokens, answer-position states, yes/no log-odds and labels of held-out scenes."""
     model.eval()
-    yes, no = (processor.tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("Yes", "No"))
+    tokenizer = processor.tokenizer
+    yes, no = (tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("Yes", "No"))
+    length = len(tokenizer(f"Yes.{tokenizer.eos_token}", add_special_tokens=False).input_ids)  # "No." is as long
     rng, rows = np.random.default_rng(seed), []
     for _ in range(batches):
-        inputs, labels, length = marks_batch(processor, rng, 16)
+        inputs, labels = marks_batch(processor, rng, 16, DIALOGUE_IMAGE_SIZE)
         inputs.pop("labels")
         tokens = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
         output = model(**inputs, output_hidden_states=True)
@@ -172,37 +152,6 @@ def reset_projector(model, processor, seed: int) -> None:
     projector.linear_2.bias.mul_(scale)
 
 
-def loud_share(step: int, steps: int) -> float:
-    """A curriculum's share of loud examples at ``step``: all for the first third, none from two thirds on."""
-    return min(1.0, max(0.0, 2 - 3 * step / steps))
-
-
-def finetune_on_marks(
-    model, processor, steps: int, learning_rate: float, frozen: tuple[str, ...], seed: int, curriculum: bool
-) -> None:
-    """Train on the marks question alone (batches of 16), the parameters whose names contain ``frozen`` frozen.
-
-    With ``curriculum``, every scene's marks are loud for the first third of the steps, and their
-    share falls to none over the second third.
-    """
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not any(part in name for part in frozen))
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer, scheduler = optimizer_with_schedule(parameters, Schedule(steps, 16, learning_rate))
-    rng = np.random.default_rng(seed)
-    model.train()
-    for step in range(steps):
-        inputs, _, _ = marks_batch(processor, rng, 16, loud_share(step, steps) if curriculum else 0.0)
-        loss = model(**inputs).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
-        if step % 50 == 0 or step == steps - 1:
-            print(f"  step {step}: LM loss {loss.item():.4f}", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("backbone", nargs="?", default=str(SHIPPED_BACKBONE))
@@ -212,12 +161,14 @@ def main() -> None:
     parser.add_argument("--reset-projector", action="store_true")
     parser.add_argument("--frozen-projector", action="store_true")
     parser.add_argument("--curriculum", action="store_true")
+    parser.add_argument("--recall-steps", type=int, default=0, help="then stage 2's questions, at the recall rate")
+    parser.add_argument("--save", help="write the fine-tuned stand-in to this directory")
     args = parser.parse_args()
     torch.manual_seed(0)
     start = time.perf_counter()
     model, processor = load_backbone(args.backbone)
     train, test = read_marks(model, processor, seed=1), read_marks(model, processor, seed=2)
-    print(f"'{QUESTION}' on {len(test['labels'])} held-out scenes ({args.backbone}); held-out AUROC:")
+    print(f"'{MARKS_QUESTION}' on {len(test['labels'])} held-out scenes ({args.backbone}); held-out AUROC:")
     for key in ("mean-pooled image tokens", "max-pooled image tokens", "answer-position state"):
         print(f"  probe on {key:<26} {probe_auroc(train[key], train['labels'], test[key], test['labels']):.3f}")
     print(
@@ -244,14 +195,24 @@ def main() -> None:
             tower += ", the projector reset"
             print("reset: " + token_spectrum(model, processor, seed=5))
         tower += ", loud marks first" if args.curriculum else ""
+        schedule = Schedule(args.finetune_steps, 16, args.learning_rate)
+        recall = Schedule(args.recall_steps, 16, RECALL_SCHEDULE.learning_rate) if args.recall_steps else None
         print(f"fine-tuning {tower} on the marks question: {args.finetune_steps} steps, lr {args.learning_rate}")
-        finetune_on_marks(model, processor, args.finetune_steps, args.learning_rate, frozen, 4, args.curriculum)
+        if recall:
+            print(f"then on stage 2's questions: {recall.steps} steps, lr {recall.learning_rate}")
+        pretrain_local_reading(
+            model, processor, DIALOGUE_IMAGE_SIZE, schedule, recall, 0, print, frozen, args.curriculum
+        )
         test = read_marks(model, processor, seed=2)
         print(
             f"  decoder yes/no log-odds after      {float(binary_auroc(test['log_odds'], test['labels'])):.3f}"
             f" (spread {float(test['log_odds'].std()):.4f})"
         )
         print("after: " + token_spectrum(model, processor, seed=5))
+        colour, pattern = background_answers(model, processor, seed=3)
+        print(f"after: 'What is the background?': colour named {colour:.2f}, pattern named {pattern:.2f}")
+        if args.save:
+            print(f"saved to {save_backbone(model, processor, args.save)}")
     print(f"{time.perf_counter() - start:.0f} s, {torch.get_num_threads()} threads")
 
 

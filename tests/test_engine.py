@@ -259,3 +259,22 @@ def test_resuming_from_a_checkpoint_gives_the_same_next_step_loss(
     assert losses["interrupted"] == pytest.approx(losses["uninterrupted"][:steps_per_epoch], rel=1e-6)
     assert losses["resumed"][0] == pytest.approx(losses["uninterrupted"][steps_per_epoch], rel=1e-5)
     assert losses["resumed"] == pytest.approx(losses["uninterrupted"][steps_per_epoch:], rel=1e-4)
+
+
+def test_the_decoder_adapters_train_at_their_own_learning_rate(tiny_backbone) -> None:
+    """``decoder_learning_rate`` sets the LoRA and norms of the decoder; the readout and token rows keep theirs."""
+    from lightning.pytorch import Trainer
+
+    model = GenAU(backbone=str(tiny_backbone), learning_rate=2e-3, decoder_learning_rate=2e-4)
+    model.trainer = Trainer(max_steps=10, logger=False, enable_checkpointing=False, accelerator="cpu")
+    optimizer = model.configure_optimizers()["optimizer"]
+    names = {id(p): name for name, p in model.named_parameters()}
+    decoder, rest = ({names[id(p)] for p in group["params"]} for group in optimizer.param_groups)
+    assert [group["initial_lr"] for group in optimizer.param_groups] == [2e-4, 2e-3]
+    assert decoder and all(".language_model." in name for name in decoder)
+    assert any("lora_A" in name for name in decoder) and any("norm" in name for name in decoder)
+    assert any("readout.projections" in name for name in rest) and any("trainable_tokens" in name for name in rest)
+    assert decoder | rest == model.trainable_keys()
+    same = GenAU(backbone=str(tiny_backbone), learning_rate=2e-3)
+    same.trainer = model.trainer
+    assert {group["initial_lr"] for group in same.configure_optimizers()["optimizer"].param_groups} == {2e-3}

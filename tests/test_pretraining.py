@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomalib_genau.backbone import load_backbone
+from anomalib_genau.backbone import build_tiny_backbone, load_backbone
 from anomalib_genau.pretraining import (
     REBUILD_COMMAND,
     SHIPPED_BACKBONE,
@@ -16,8 +16,8 @@ from anomalib_genau.pretraining import (
     install_pretrained_backbone,
     pretrain_tiny_backbone,
 )
-from anomalib_genau.pretraining.scenes import Mark, Scene, caption, draw_scene, questions, render
-from anomalib_genau.pretraining.stages import Schedule
+from anomalib_genau.pretraining.scenes import Mark, Scene, caption, draw_scene, marks_scene, questions, render
+from anomalib_genau.pretraining.stages import Schedule, loud_share, pretrain_local_reading
 from anomalib_genau.taxonomy import load_taxonomy
 
 
@@ -34,6 +34,27 @@ def test_scene_marks_change_their_cell_only_and_are_captioned():
     answers = dict(questions(marked, np.random.default_rng(0)))
     assert answers["What colour is the square at the top right?"] == "Red."
     assert answers["How many marks are there?"] == "One."
+
+
+def test_local_reading_shows_loud_marks_first_and_scenes_without_marks_half_the_time():
+    rng = np.random.default_rng(0)
+    loud = [marks_scene(rng, loud=True) for _ in range(200)]
+    ordinary = [marks_scene(rng) for _ in range(200)]
+    assert all(mark.size in ("large", "thick") for scene in loud for mark in scene.marks)
+    assert {mark.size for scene in ordinary for mark in scene.marks} == {"small", "large", "thin", "thick"}
+    assert 70 < sum(not scene.marks for scene in loud + ordinary) / 2 < 130
+    assert [loud_share(step, 600) for step in (0, 199, 300, 400, 599)] == [1.0, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_local_reading_trains_projector_and_decoder_with_the_tower_frozen(tmp_path):
+    model, processor = load_backbone(build_tiny_backbone(tmp_path / "tiny"))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    schedule = Schedule(steps=2, batch_size=2, learning_rate=1e-2)
+    pretrain_local_reading(model, processor, 112, schedule, recall=Schedule(1, 2, 1e-3), log=None)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert not any("vision_tower" in name for name in changed)
+    assert any("multi_modal_projector" in name for name in changed)
+    assert any("language_model.layers.0.self_attn" in name for name in changed)
 
 
 def test_scenes_know_no_anomaly_vocabulary():

@@ -9,7 +9,7 @@ types: the data plays the role web image-text pairs play for the real checkpoint
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,6 +36,7 @@ POSITIONS = (
     ("bottom left", "bottom", "bottom right"),
 )
 NUMBERS = ("no", "one", "two", "three")
+MARKS_QUESTION = "Are there any marks?"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,17 @@ def draw_scene(rng: Rng) -> Scene:
         mark_colour = str(rng.choice([name for name in COLOURS if name != colour]))
         marks.append(Mark(shape, mark_colour, str(rng.choice(sizes)), int(cell) // 3, int(cell) % 3))
     return Scene(str(rng.choice(BACKGROUNDS)), colour, tuple(marks))
+
+
+def marks_scene(rng: Rng, loud: bool = False) -> Scene:
+    """A scene with marks, or (half the time) its background alone; ``loud`` marks are all large or thick."""
+    scene = draw_scene(rng)
+    while not scene.marks:
+        scene = draw_scene(rng)
+    if loud:
+        marks = tuple(replace(mark, size="thick" if mark.shape == "line" else "large") for mark in scene.marks)
+        scene = replace(scene, marks=marks)
+    return scene if rng.random() < 0.5 else Scene(scene.background, scene.colour, ())
 
 
 def _background(scene: Scene, rng: Rng, size: int) -> np.ndarray:
@@ -168,7 +180,7 @@ def questions(scene: Scene, rng: Rng) -> list[tuple[str, str]]:
         shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
     present = any(mark.shape == shape and mark.colour == colour for mark in scene.marks)
     pairs.append((f"Is there a {colour} {shape}?", "Yes." if present else "No."))
-    pairs.append(("Are there any marks?", "Yes." if count else "No."))
+    pairs.append((MARKS_QUESTION, "Yes." if count else "No."))
     empty = [
         POSITIONS[r][c] for r in range(3) for c in range(3) if (r, c) not in {(m.row, m.column) for m in scene.marks}
     ]

@@ -10,6 +10,15 @@ tiny stand-in gets the same two stages, on :mod:`~anomalib_genau.pretraining.sce
    ``image_newline`` and the decoder learn to answer captions and questions, with the LM
    loss on the answer tokens only.
 
+:func:`pretrain_local_reading` is a candidate third stage, run by
+``benchmarks/image_reading.py`` and not yet part of the shipped stand-in: the same parts learn
+to answer "Are there any marks?" alone, loud marks first, then recall stage 2's questions at a
+lower rate. After stage 2 the 2-layer decoder reads only what averaging over the image tokens
+keeps (the background's colour), never a small mark; a real checkpoint's decoder brings
+attention that looks tokens up by content from its pre-training. Trained on loud marks (all
+large or thick) first, then on ordinary ones, it learns that look-up; asked the marks question
+among stage 2's others, or without the loud marks, it does not (benchmarks/RESULTS.md, issue 18).
+
 The loops are written here rather than with Lightning's Trainer: each is a plain AdamW loop
 over freshly generated batches, deterministic by seed, without checkpoints or logging.
 """
@@ -29,7 +38,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from .scenes import caption, draw_scene, questions, render
+from .scenes import MARKS_QUESTION, caption, draw_scene, marks_scene, questions, render
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,8 @@ class Schedule:
 
 VISION_SCHEDULE = Schedule(steps=800, batch_size=64, learning_rate=2e-3)
 LANGUAGE_SCHEDULE = Schedule(steps=1500, batch_size=16, learning_rate=2e-3)
+READING_SCHEDULE = Schedule(steps=600, batch_size=16, learning_rate=1e-3)
+RECALL_SCHEDULE = Schedule(steps=200, batch_size=16, learning_rate=2e-4)
 Log = Callable[[str], None]
 
 
@@ -125,17 +136,22 @@ def dialogue_inputs(
     return {**inputs, "labels": labels}
 
 
-def _dialogue_batch(
-    processor: LlavaOnevisionProcessor, rng: np.random.Generator, batch_size: int, size: int
-) -> dict[str, torch.Tensor]:
-    """:func:`dialogue_inputs` of random scenes, one random question each."""
+def _scene_dialogues(rng: np.random.Generator, count: int, size: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """``count`` random scenes rendered at ``size``, one random question-answer pair each."""
     images, dialogues = [], []
-    for _ in range(batch_size):
+    for _ in range(count):
         scene = draw_scene(rng)
         pairs = questions(scene, rng)
         dialogues.append(pairs[int(rng.integers(len(pairs)))])
         images.append(render(scene, rng, size))
-    return dialogue_inputs(processor, images, dialogues)
+    return images, dialogues
+
+
+def _dialogue_batch(
+    processor: LlavaOnevisionProcessor, rng: np.random.Generator, batch_size: int, size: int
+) -> dict[str, torch.Tensor]:
+    """:func:`dialogue_inputs` of random scenes, one random question each."""
+    return dialogue_inputs(processor, *_scene_dialogues(rng, batch_size, size))
 
 
 @torch.no_grad()
@@ -164,6 +180,32 @@ def match_image_token_scale(model: LlavaOnevisionForConditionalGeneration, input
     return text / image
 
 
+def _train(
+    model: LlavaOnevisionForConditionalGeneration,
+    schedule: Schedule,
+    batches: Callable[[int], dict[str, torch.Tensor]],
+    frozen: tuple[str, ...],
+    log: Log | None,
+    name: str,
+) -> None:
+    """Train on ``batches(step)`` with the schedule, the parameters whose names contain a ``frozen`` part frozen."""
+    for parameter_name, parameter in model.named_parameters():
+        parameter.requires_grad_(not any(part in parameter_name for part in frozen))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = optimizer_with_schedule(parameters, schedule)
+    model.train()
+    for step in range(schedule.steps):
+        loss = model(**batches(step)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        scheduler.step()
+        if log is not None and (step % 100 == 0 or step == schedule.steps - 1):
+            log(f"{name} step {step}: LM loss {loss.item():.4f}")
+    model.eval()
+
+
 def pretrain_language(
     model: LlavaOnevisionForConditionalGeneration,
     processor: LlavaOnevisionProcessor,
@@ -173,9 +215,6 @@ def pretrain_language(
     log: Log | None = None,
 ) -> None:
     """Train the projector, ``image_newline`` and decoder to caption scenes and answer questions (tower frozen)."""
-    model.model.vision_tower.requires_grad_(False)
-    parameters = [p for name, p in model.named_parameters() if "vision_tower" not in name]
-    optimizer, scheduler = optimizer_with_schedule(parameters, schedule)
     rng = np.random.default_rng(seed + 1)
     torch.manual_seed(seed + 1)
     probe = _dialogue_batch(processor, rng, schedule.batch_size, image_size)
@@ -183,16 +222,68 @@ def pretrain_language(
     norms = "image tokens' and text embeddings' mean norms {:.2f}, {:.2f}"
     if log is not None:
         log(f"projector output scaled by {factor:.4f}: " + norms.format(*image_token_norms(model, probe)))
-    model.train()
-    for step in range(schedule.steps):
-        loss = model(**_dialogue_batch(processor, rng, schedule.batch_size, image_size)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
-        if log is not None and (step % 100 == 0 or step == schedule.steps - 1):
-            log(f"language step {step}: LM loss {loss.item():.4f}")
-    model.eval()
+
+    def batches(_: int) -> dict[str, torch.Tensor]:
+        return _dialogue_batch(processor, rng, schedule.batch_size, image_size)
+
+    _train(model, schedule, batches, ("vision_tower",), log, "language")
     if log is not None:
         log("after training: " + norms.format(*image_token_norms(model, probe)))
+
+
+def loud_share(step: int, steps: int) -> float:
+    """The share of loud scenes at ``step`` of local reading: all for the first third, none from two thirds on."""
+    return min(1.0, max(0.0, 2 - 3 * step / steps))
+
+
+def marks_batch(
+    processor: LlavaOnevisionProcessor, rng: np.random.Generator, count: int, size: int, loud: float = 0.0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`dialogue_inputs` of the marks question about ``count`` scenes (a share ``loud`` of them loud).
+
+    Returns:
+        The inputs with ``labels`` on the answers, and the scenes' ``(count,)`` has-marks labels.
+
+    """
+    scenes = [marks_scene(rng, loud=rng.random() < loud) for _ in range(count)]
+    dialogues = [(MARKS_QUESTION, "Yes." if scene.marks else "No.") for scene in scenes]
+    inputs = dialogue_inputs(processor, [render(scene, rng, size) for scene in scenes], dialogues)
+    return inputs, torch.tensor([bool(scene.marks) for scene in scenes])
+
+
+def pretrain_local_reading(
+    model: LlavaOnevisionForConditionalGeneration,
+    processor: LlavaOnevisionProcessor,
+    image_size: int,
+    schedule: Schedule = READING_SCHEDULE,
+    recall: Schedule | None = RECALL_SCHEDULE,
+    seed: int = 0,
+    log: Log | None = None,
+    frozen: tuple[str, ...] = ("vision_tower",),
+    curriculum: bool = True,
+) -> None:
+    """Train on the marks question alone, then (``recall``) on stage 2's questions; ``frozen`` parts stay frozen.
+
+    With ``curriculum``, the scenes' marks are all loud for the first third of the
+    steps, and their share falls to none over the second third (:func:`loud_share`). Asked the
+    marks question alone, the decoder answers every question "Yes." or "No."; the recall phase,
+    at a lower rate, brings its other answers back. The two phases draw scenes with the seeds
+    ``seed + 4`` and ``seed + 5``.
+    """
+    rng = np.random.default_rng(seed + 4)
+
+    def marks(step: int) -> dict[str, torch.Tensor]:
+        loud = loud_share(step, schedule.steps) if curriculum else 0.0
+        return marks_batch(processor, rng, schedule.batch_size, image_size, loud)[0]
+
+    _train(model, schedule, marks, frozen, log, "local reading")
+    recall_rng = np.random.default_rng(seed + 5)
+    if recall is not None:
+        _train(
+            model,
+            recall,
+            lambda _: _dialogue_batch(processor, recall_rng, recall.batch_size, image_size),
+            frozen,
+            log,
+            "recall",
+        )

@@ -70,6 +70,8 @@ class GenAU(AnomalibModule):
         tversky_alpha: Tversky false-positive weight.
         tversky_beta: Tversky false-negative weight.
         learning_rate: AdamW learning rate, no weight decay.
+        decoder_learning_rate: Learning rate of the decoder's LoRA and norms; ``None``: ``learning_rate``.
+            The readout's projections and the new token rows keep ``learning_rate``.
         warmup_ratio: Fraction of the steps of linear warm-up before the cosine decay.
         max_new_tokens: Decoding budget of an answer, segmentation tokens included.
         default_object: Object name of the prompt for data without a category.
@@ -115,6 +117,7 @@ class GenAU(AnomalibModule):
         tversky_alpha: float = 0.3,
         tversky_beta: float = 0.7,
         learning_rate: float = 2e-4,
+        decoder_learning_rate: float | None = None,
         warmup_ratio: float = 0.03,
         max_new_tokens: int = 24,
         default_object: str = "object",
@@ -171,6 +174,7 @@ class GenAU(AnomalibModule):
         self.synthetic_anomalies = SyntheticAnomalies(anomaly_probability, anomaly_source_path)
         self.max_epochs = max_epochs
         self.learning_rate = learning_rate
+        self.decoder_learning_rate = learning_rate if decoder_learning_rate is None else decoder_learning_rate
         self.warmup_ratio = warmup_ratio
         self.questions = BatchQuestions(defect_type_mode, reasoning_questions or [], max_reasoning_tokens)
 
@@ -302,9 +306,22 @@ class GenAU(AnomalibModule):
         return self._inspect(batch)
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        """AdamW without weight decay on the trainable parameters, cosine schedule with warm-up."""
-        parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=0.0)
+        """AdamW without weight decay on the trainable parameters, cosine schedule with warm-up.
+
+        Two groups: the decoder's LoRA and norms at ``decoder_learning_rate``, everything else
+        (readout, new token rows, projector or tower when trained) at ``learning_rate``.
+        """
+        decoder, rest = [], []
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                in_decoder = ".language_model." in name and "trainable_tokens" not in name
+                (decoder if in_decoder else rest).append(parameter)
+        groups = [
+            {"params": params, "lr": lr}
+            for params, lr in ((decoder, self.decoder_learning_rate), (rest, self.learning_rate))
+            if params
+        ]
+        optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
