@@ -20,7 +20,8 @@ differences against torch on the same budget.
 - latency per image (median) of torch eager fp32 and of the OpenVINO export run as f32
   (f32 weights, f32 inference), bf16 (fp16 weights, bf16 inference), INT8 (NNCF INT8
   weights, bf16 inference), INT8 PTQ (NNCF INT8 weights and activations for the decoder,
-  INT8 weights elsewhere, calibrated on ``--quantization-images`` other random images) and, with
+  INT8 weights elsewhere, calibrated on ``--quantization-images`` other random images), INT8 PTQ
+  + tower (the same, with INT8 activations in the vision tower but for its patch embedding) and, with
   ``--int4``, INT4 (NNCF INT4 decoder weights, bf16 inference) and, with ``--dq-group-size N``,
   INT8 weights with the CPU plugin's dynamic INT8 activations in groups of N (default 32);
 - each backend's peak resident memory (its own process) and the export's IR size on disk;
@@ -66,6 +67,7 @@ BACKENDS = {
     "OpenVINO bf16": ("fp16", "bf16", {}),
     "OpenVINO INT8": ("int8", "bf16", {}),
     "OpenVINO INT8 PTQ": ("int8_ptq", "bf16", {}),
+    "OpenVINO INT8 PTQ + tower": ("int8_ptq_tower", "bf16", {}),
 }
 INT4 = {"OpenVINO INT4": ("int4", "bf16", {})}
 

@@ -324,11 +324,41 @@ def test_int8_ptq_through_anomalib_export_calibrates_on_the_datamodule(
         assert prediction.pred_defect_type == reference["type"]
 
 
+def test_int8_ptq_tower_quantizes_the_tower_but_its_patch_embedding(
+    trained_module: GenAU, images: list[Path], tmp_path: Path
+) -> None:
+    """``int8_ptq_tower``: INT8 activations in the vision tower too, the pixels the patch embedding reads left in
+    floating point; maps within tolerance, labels and types as torch."""
+    from anomalib_genau.data.images import read_rgb
+
+    quantization = [(trained_module.pre_processed(read_rgb(path)[None])[0], None) for path in images]
+    manifest = trained_module.export_openvino(tmp_path, weights="int8_ptq_tower", quantization_images=quantization)
+    assert json.loads(manifest.read_text())["weights"] == "int8_ptq_tower"
+    tower = ov.Core().read_model(manifest.parent / "vision_tower.xml")
+    fed_by = {
+        node.get_type_name(): {value.get_node().get_type_name() for value in node.input_values()}
+        for node in tower.get_ops()
+        if node.get_type_name() in {"Convolution", "MatMul", "ScaledDotProductAttention"}
+    }
+    assert "FakeQuantize" in fed_by["MatMul"]
+    assert "FakeQuantize" not in fed_by["Convolution"] | fed_by["ScaledDotProductAttention"]
+    inferencer = GenAUOpenVINOInferencer(manifest)
+    for path in images:
+        image = read_rgb(path)
+        prediction = inferencer.predict(image, category="carpet")
+        reference = torch_reference(trained_module, image, (112, 112), "carpet")
+        assert np.abs(prediction.anomaly_map - reference["map"]).max() < INT8_PTQ_TOLERANCE
+        assert prediction.pred_label == reference["label"]
+        assert prediction.pred_defect_type == reference["type"]
+
+
 def test_export_refuses_what_it_cannot_do(trained_module: GenAU, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not 'int8_acq'"):
         trained_module.to_openvino(tmp_path, compression_type=CompressionType.INT8_ACQ)
     with pytest.raises(ValueError, match="needs quantization images"):
         trained_module.export_openvino(tmp_path, weights="int8_ptq")
+    with pytest.raises(ValueError, match="needs quantization images"):
+        trained_module.export_openvino(tmp_path, weights="int8_ptq_tower")
     with pytest.raises(NotImplementedError, match="openvino"):
         trained_module.to_onnx(tmp_path)
     with pytest.raises(ValueError, match="Unknown weight format"):

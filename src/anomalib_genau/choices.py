@@ -7,8 +7,12 @@ inferencer) import torch and anomalib, which the argument parser must not load.
 DATASETS = ("MVTecAD", "MPDD", "Visa", "RealIAD")
 """The anomalib datasets of the cross-dataset protocol, by datamodule name: layouts, sources and taxonomies."""
 
-WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq")
-"""Weight formats of the OpenVINO export: f32, fp16 storage, NNCF INT8 or INT4 weights, NNCF INT8 quantization."""
+WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq", "int8_ptq_tower")
+"""Weight formats of the OpenVINO export: f32, fp16 storage, NNCF INT8 or INT4 weights, NNCF INT8
+quantization of the decoder, or of the decoder and the vision tower."""
+
+QUANTIZED_WEIGHTS = ("int8_ptq", "int8_ptq_tower")
+"""The weight formats that quantize activations, and so need quantization images."""
 
 PRECISIONS = ("f32", "bf16")
 """Inference precisions of the OpenVINO inferencer (the CPU plugin's ``INFERENCE_PRECISION_HINT``)."""

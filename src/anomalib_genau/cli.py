@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anomalib_genau.choices import DATASETS, PRECISIONS, WEIGHT_FORMATS
+from anomalib_genau.choices import DATASETS, PRECISIONS, QUANTIZED_WEIGHTS, WEIGHT_FORMATS
 
 
 def tiny_backbone(args: argparse.Namespace) -> None:
@@ -66,8 +66,11 @@ def export(args: argparse.Namespace) -> None:
     from anomalib_genau.prompts import instruction
     from anomalib_genau.taxonomy import object_name
 
-    if (args.weights == "int8_ptq") != bool(args.quantization_images):
-        raise SystemExit("anomalib-genau export: --quantization-images goes with --weights int8_ptq, and only with it.")
+    if (args.weights in QUANTIZED_WEIGHTS) != bool(args.quantization_images):
+        raise SystemExit(
+            "anomalib-genau export: --quantization-images goes with --weights int8_ptq or int8_ptq_tower, and only "
+            "with them."
+        )
     module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     sizes = [_size(text) for text in args.input_size] if args.input_size else None
     images = None
@@ -256,10 +259,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     exporter.add_argument("--export-root", type=Path, default=Path("exported"))
     exporter.add_argument("--weights", choices=WEIGHT_FORMATS, default="f32")
     exporter.add_argument(
-        "--quantization-images", type=Path, nargs="+", help="int8_ptq: image files, or folders searched for *.png"
+        "--quantization-images",
+        type=Path,
+        nargs="+",
+        help="int8_ptq(_tower): image files, or folders searched for images",
     )
-    exporter.add_argument("--quantization-count", type=int, default=16, help="int8_ptq: quantize on the first N images")
-    exporter.add_argument("--category", help="int8_ptq: product named in the quantization images' prompt")
+    exporter.add_argument(
+        "--quantization-count", type=int, default=16, help="int8_ptq(_tower): quantize on the first N images"
+    )
+    exporter.add_argument("--category", help="int8_ptq(_tower): product named in the quantization images' prompt")
     exporter.add_argument(
         "--input-size", action="append", help="HxW to export (repeatable); default: the pre-processor's size"
     )

@@ -43,7 +43,7 @@ from anomalib_genau.models.genau.torch_model import GenAUModel
 
 from .graphs import DecoderGraph, EmbeddingGraph, ImageFeaturesGraph, ReadoutGraph, VisionTowerGraph
 from .manifest import FORMAT_VERSION, MANIFEST, RT_INFO_KEY, WEIGHT_FORMATS, size_name
-from .quantization import compress_weights, quantization_samples, quantize
+from .quantization import FLOAT_OPERATIONS, QUANTIZED_GRAPHS, calibration_samples, compress_weights, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def export_weights(compression_type: CompressionType | str | None) -> str:
     compression = CompressionType(compression_type) if compression_type else None
     if compression not in COMPRESSION_WEIGHTS:
         msg = (
-            f"GenAU supports OpenVINO compression fp16, int8, int8_ptq (and int4 through "
+            f"GenAU supports OpenVINO compression fp16, int8, int8_ptq (and int4 and int8_ptq_tower through "
             f"`anomalib-genau export`), not '{compression.value}'."
         )
         raise ValueError(msg)
@@ -128,12 +128,15 @@ def export_openvino(
         weights: ``"f32"``, ``"fp16"`` (weights stored in fp16), ``"int8"`` (NNCF INT8 weights for
             every graph), ``"int4"`` (NNCF INT4 weights for the decoder, INT8 for the rest) or
             ``"int8_ptq"`` (NNCF INT8 weights and activations for the decoder, quantized on
-            ``quantization_images``; INT8 weights for the rest, the readout's in fp16).
-        quantization_images: ``int8_ptq`` only: ``(image (3, H, W) in [0, 1], instruction or
-            None)`` pairs, pre-processed as in testing; a few images of the target product suffice.
+            ``quantization_images``; INT8 weights for the rest, the readout's in fp16) or
+            ``"int8_ptq_tower"`` (as ``int8_ptq``, and INT8 activations in the vision tower but
+            for its patch embedding).
+        quantization_images: ``int8_ptq`` and ``int8_ptq_tower`` only: ``(image (3, H, W) in
+            [0, 1], instruction or None)`` pairs, pre-processed as in testing; a few images of
+            the target product suffice.
 
     Raises:
-        ValueError: Unknown ``weights``, ``int8_ptq`` without quantization images, an image
+        ValueError: Unknown ``weights``, quantization without quantization images, an image
             size below one patch, or a post-processor without thresholds yet (never validated:
             every output would be NaN).
 
@@ -141,8 +144,8 @@ def export_openvino(
     if weights not in WEIGHT_FORMATS:
         msg = f"Unknown weight format '{weights}'; use one of {', '.join(WEIGHT_FORMATS)}."
         raise ValueError(msg)
-    if weights == "int8_ptq" and quantization_images is None:
-        msg = "INT8 post-training quantization (int8_ptq) needs quantization images."
+    if weights in QUANTIZED_GRAPHS and quantization_images is None:
+        msg = f"INT8 post-training quantization ({weights}) needs quantization images."
         raise ValueError(msg)
     if not isinstance(post_processor, PostProcessor) or bool(torch.isnan(post_processor.image_threshold)):
         msg = (
@@ -163,7 +166,7 @@ def export_openvino(
     model.eval()
     model.vlm.merge_adapter()
     try:  # saved before unmerging: the converted graphs share their weights' memory with torch
-        decoder_samples = quantization_samples(model, quantization_images) if weights == "int8_ptq" else None
+        samples = calibration_samples(model, quantization_images or [], weights)
         files = {}
         for name, traced in trace_graphs(model, post_processor, sizes, manifest["score"]["fused"]).items():
             if weights != "f32":
@@ -171,9 +174,9 @@ def export_openvino(
                 # skips a graph NNCF has compressed, which kept its other constants (norms, biases,
                 # SigLIP's position embeddings) in f32
                 compress_model_transformation(traced)
-            if name == "language_model" and decoder_samples:
-                graph = quantize(traced, decoder_samples)
-            elif weights in {"int8", "int4", "int8_ptq"} and not name.startswith("readout"):
+            if name in samples:
+                graph = quantize(traced, samples[name], FLOAT_OPERATIONS[name])
+            elif weights not in {"f32", "fp16"} and not name.startswith("readout"):
                 graph = compress_weights(traced, weights, language=name in {"language_model", "embeddings"})
             else:
                 graph = traced

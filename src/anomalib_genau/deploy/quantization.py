@@ -5,15 +5,18 @@ decoder's matrix products on INT8 activations (AMX-INT8 on recent Xeons), which 
 compute-bound prefill, and needs quantization images: their prefill inputs are captured from the
 torch model exactly as the inferencer feeds the decoder graph.
 
-The vision tower keeps INT8 weights only: the readout compares its stage features with the
-anchors directly, so the error of quantized activations there goes straight into the maps and the
-labels, far more than the decoder's does (measured in ``benchmarks/RESULTS.md``).
+``int8_ptq_tower`` quantizes the vision tower's activations as well, on the quantization images'
+views, except those of its patch embedding: the readout compares the tower's stage features with
+the anchors directly, and quantizing the pixels the patch embedding reads moved the maps by up to
+0.5, while every other quantizer of the tower together moved them by under 0.1 (NNCF's
+accuracy-controlled quantization, with the maps as its metric, reverts exactly that one
+operation: ``benchmarks/tower_sensitivity.py``, figures in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,12 +39,19 @@ def compress_weights(model: ov.Model, weights: str, language: bool) -> ov.Model:
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
-def quantize(model: ov.Model, samples: list[Any]) -> ov.Model:
+# The graphs whose activations each post-training quantization format quantizes.
+QUANTIZED_GRAPHS = {"int8_ptq": ("language_model",), "int8_ptq_tower": ("language_model", "vision_tower")}
+# The graphs' operation types that stay in floating point under INT8 post-training quantization.
+# The attention: quantizing its inputs breaks the CPU plugin's fused attention over the stateful
+# KV cache, and the unfused attention makes every decoding step several times slower
+# (benchmarks/RESULTS.md). The convolution: SigLIP's only one is the patch embedding (see above).
+FLOAT_OPERATIONS = {"language_model": ("ScaledDotProductAttention",), "vision_tower": ("Convolution",)}
+
+
+def quantize(model: ov.Model, samples: list[Any], float_operations: Sequence[str]) -> ov.Model:
     """NNCF post-training quantization (INT8 weights and activations) calibrated on ``samples``.
 
-    The attention stays in floating point: quantizing its inputs breaks the CPU plugin's fused
-    attention over the stateful KV cache, and the unfused attention makes every decoding step
-    several times slower (``benchmarks/RESULTS.md``).
+    Operations of the types ``float_operations`` keep floating-point inputs.
     """
     import nncf
 
@@ -50,7 +60,7 @@ def quantize(model: ov.Model, samples: list[Any]) -> ov.Model:
         nncf.Dataset(samples),
         subset_size=len(samples),
         model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(types=["ScaledDotProductAttention"]),
+        ignored_scope=nncf.IgnoredScope(types=list(float_operations)),
     )
 
 
@@ -94,3 +104,25 @@ def quantization_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor,
         msg = "INT8 post-training quantization needs at least one quantization image."
         raise ValueError(msg)
     return samples
+
+
+def tower_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor, str | None]]) -> list[np.ndarray]:
+    """The vision tower graph's input for each ``(image (3, H, W), instruction)``: its views ``(P, 3, s, s)``."""
+    processor = model.processor.image_processor
+    samples = [
+        processor(images=[image], return_tensors="pt", do_rescale=False)["pixel_values"][0].numpy()
+        for image, _ in images
+    ]
+    if not samples:
+        msg = "INT8 post-training quantization needs at least one quantization image."
+        raise ValueError(msg)
+    return samples
+
+
+def calibration_samples(
+    model: GenAUModel, images: Iterable[tuple[torch.Tensor, str | None]], weights: str
+) -> dict[str, list[Any]]:
+    """The inputs of each graph ``weights`` quantizes (:data:`QUANTIZED_GRAPHS`), one per quantization image."""
+    samplers = {"language_model": quantization_samples, "vision_tower": tower_samples}
+    images = list(images)
+    return {name: samplers[name](model, images) for name in QUANTIZED_GRAPHS.get(weights, ())}
