@@ -45,12 +45,13 @@ def main() -> None:
         ptq = module.export_openvino(Path(tmp) / "ptq", weights="int8_ptq", quantization_images=images)
         inferencer = GenAUOpenVINOInferencer(ptq)
         references = [f32.predict(path, category=category).anomaly_map for category, path in validation]
+        data = list(zip(validation, references, strict=True))
 
-        def map_agreement(tower: ov.CompiledModel, data: list) -> float:
+        def map_agreement(tower: ov.CompiledModel, items: list) -> float:
             inferencer.vision_tower = tower
             differences = [
                 np.abs(inferencer.predict(path, category=category).anomaly_map - reference).max()
-                for (category, path), reference in data
+                for (category, path), reference in items
             ]
             return 1.0 - float(np.mean(differences))
 
@@ -61,7 +62,7 @@ def main() -> None:
         controlled = nncf.quantize_with_accuracy_control(
             tower,
             calibration,
-            nncf.Dataset(list(zip(validation, references, strict=True))),
+            nncf.Dataset(data),
             map_agreement,
             max_drop=args.max_drop,
             drop_type=nncf.DropType.ABSOLUTE,
@@ -69,7 +70,6 @@ def main() -> None:
         )
         seconds = time.perf_counter() - start
         every = nncf.quantize(tower, calibration, **options)
-        data = list(zip(validation, references, strict=True))
         rows = {"float tower": tower, "every quantizer": every, "accuracy-controlled": controlled}
         print(
             f"{len(validation)} validation images, {len(images)} quantization images; accuracy control {seconds:.0f} s"
