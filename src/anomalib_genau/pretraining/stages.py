@@ -136,22 +136,17 @@ def dialogue_inputs(
     return {**inputs, "labels": labels}
 
 
-def _scene_dialogues(rng: np.random.Generator, count: int, size: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
-    """``count`` random scenes rendered at ``size``, one random question-answer pair each."""
-    images, dialogues = [], []
-    for _ in range(count):
-        scene = draw_scene(rng)
-        pairs = questions(scene, rng)
-        dialogues.append(pairs[int(rng.integers(len(pairs)))])
-        images.append(render(scene, rng, size))
-    return images, dialogues
-
-
 def _dialogue_batch(
     processor: LlavaOnevisionProcessor, rng: np.random.Generator, batch_size: int, size: int
 ) -> dict[str, torch.Tensor]:
     """:func:`dialogue_inputs` of random scenes, one random question each."""
-    return dialogue_inputs(processor, *_scene_dialogues(rng, batch_size, size))
+    images, dialogues = [], []
+    for _ in range(batch_size):
+        scene = draw_scene(rng)
+        pairs = questions(scene, rng)
+        dialogues.append(pairs[int(rng.integers(len(pairs)))])
+        images.append(render(scene, rng, size))
+    return dialogue_inputs(processor, images, dialogues)
 
 
 @torch.no_grad()
