@@ -24,7 +24,10 @@ differences against torch on the same budget.
   + tower (the same, with INT8 activations in the vision tower but for its patch embedding) and, with
   ``--int4``, INT4 (NNCF INT4 decoder weights, bf16 inference) and, with ``--dq-group-size N``,
   INT8 weights with the CPU plugin's dynamic INT8 activations in groups of N (default 32);
-- each backend's peak resident memory (its own process) and the export's IR size on disk;
+- images per second answering one image per call (one over the latency) and answering
+  ``--batch`` images per call (the benchmark's image and other random ones; torch as one batch,
+  OpenVINO with ``predict_batch``: one decoder batch, the vision graphs image by image);
+- each backend's peak resident memory (its own process) answering one image, and the export's IR size on disk;
 - the largest map and score differences from torch, and whether label, answer and type agree;
 - per backend, within the same timed calls: the vision tower, the prefill (decoder passes over
   the prompt), the decoding steps (one decoder pass per answer token, the segmentation pair in
@@ -42,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +132,24 @@ def build_module(
     return module
 
 
+def batch_images(image: Path, batch: int) -> list[torch.Tensor]:
+    """The benchmark's image and ``batch - 1`` other random images of its size, ``(3, H, W)`` each."""
+    first = torch.load(image)
+    generator = torch.Generator().manual_seed(2)
+    return [first, *(torch.rand(first.shape, generator=generator) for _ in range(batch - 1))]
+
+
+def images_per_second(function: Callable[[], object], images: int) -> float:
+    """Images answered per second by one call of ``function`` that answers ``images`` images."""
+    start = time.perf_counter()
+    function()
+    return images / (time.perf_counter() - start)
+
+
 def torch_worker(
-    backbone: Path, image: Path, repeats: int, max_new_tokens: int, visual_tokens: str, types: str
+    backbone: Path, image: Path, repeats: int, max_new_tokens: int, visual_tokens: str, types: str, batch: int
 ) -> dict:
-    """Latency of eager fp32 inference, per stage, and its outputs (the reference)."""
+    """Latency of eager fp32 inference, per stage, its outputs (the reference) and images/s at ``batch``."""
     module = build_module(backbone, max_new_tokens, visual_tokens, types)
     candidates = product_candidates("mvtec_ad", CATEGORY)
     pixels = module.pre_processed(torch.load(image)[None])
@@ -139,32 +157,36 @@ def torch_worker(
     llava.model.vision_tower.forward = clock.wrap("vision", llava.model.vision_tower.forward)
     llava.forward = clock.wrap(decoder_stage, llava.forward)
 
-    def run() -> tuple:
+    def run(pixels: torch.Tensor = pixels) -> tuple:
         with torch.no_grad():
-            inspection = module.model.inspect(pixels, [prompts.instruction(CATEGORY)])
+            count = len(pixels)
+            inspection = module.model.inspect(pixels, [prompts.instruction(CATEGORY)] * count)
             defect_type = None
             if module.defect_type_mode is not None:
                 question = prompts.type_instruction(CATEGORY, candidates)
-                answer = module.model.predict_types(inspection.vision, [question], [candidates], types)
+                answer = module.model.predict_types(inspection.vision, [question] * count, [candidates] * count, types)
                 defect_type = answer.types[0]
             return module.post_processor(inspection.batch), inspection.answers, defect_type
 
     stages = clock.median_stages(run, repeats)
-    batch, answers, defect_type = run()
+    outputs, answers, defect_type = run()
+    peak = peak_rss_gib()
+    several = module.pre_processed(torch.stack(batch_images(image, batch)))
     return {
         "seconds": stages["total"],
         "stages": stages,
-        "peak_gib": peak_rss_gib(),
-        "map": batch.anomaly_map[0, 0].tolist(),
-        "score": float(batch.pred_score[0]),
-        "label": bool(batch.pred_label[0]),
+        "peak_gib": peak,
+        "batch_images_per_second": images_per_second(lambda: run(several), batch),
+        "map": outputs.anomaly_map[0, 0].tolist(),
+        "score": float(outputs.pred_score[0]),
+        "label": bool(outputs.pred_label[0]),
         "answer": answers[0],
         "type": defect_type,
     }
 
 
-def openvino_worker(export: Path, precision: str, image: Path, repeats: int, properties: dict) -> dict:
-    """Latency of the OpenVINO inferencer on one image, per stage, and its outputs."""
+def openvino_worker(export: Path, precision: str, image: Path, repeats: int, properties: dict, batch: int) -> dict:
+    """Latency of the OpenVINO inferencer on one image, per stage, its outputs and images/s at ``batch``."""
     from anomalib_genau.deploy import GenAUOpenVINOInferencer
 
     inferencer = GenAUOpenVINOInferencer(export, precision=precision, config=properties)
@@ -176,10 +198,13 @@ def openvino_worker(export: Path, precision: str, image: Path, repeats: int, pro
     category = CATEGORY if inferencer.manifest["defect_types"] else None  # the type question is asked or not
     stages = clock.median_stages(lambda: inferencer.predict(pixels, category), repeats)
     prediction = inferencer.predict(pixels, category)
+    peak = peak_rss_gib()
+    several = batch_images(image, batch)
     return {
         "seconds": stages["total"],
         "stages": stages,
-        "peak_gib": peak_rss_gib(),
+        "peak_gib": peak,
+        "batch_images_per_second": images_per_second(lambda: inferencer.predict_batch(several, category), batch),
         "map": prediction.anomaly_map.tolist(),
         "score": prediction.pred_score,
         "label": prediction.pred_label,
@@ -212,26 +237,26 @@ def peaks() -> dict[str, float]:
     }
 
 
-def print_table(rows: list[tuple]) -> None:
-    """Latency, memory, size and agreement with torch per backend (each budget's first row is its torch)."""
+def print_table(rows: list[tuple], batch: int) -> None:
+    """Latency, throughput, memory, size and agreement with torch per backend (each budget's first row is its torch)."""
     baseline = rows[0][2]
     references = {}
     for _, budget, record, _, _ in rows:
         references.setdefault(budget, record)
     print()
     print(
-        "| backend | s / image | x torch eager | peak GiB | IR MiB | export s | max map diff | score diff | label |",
-        end="",
+        f"| backend | s / image | x torch eager | images/s, batch 1 | images/s, batch {batch} | peak GiB | IR MiB | "
+        "export s | max map diff | score diff | label | answer | type |"
     )
-    print(" answer | type |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for backend, budget, record, mib, exported in rows:
         reference = references[budget]
         map_diff = float((torch.tensor(record["map"]) - torch.tensor(reference["map"])).abs().max())
         print(
             f"| {labelled(backend, budget)} | {record['seconds']:.3f} | "
-            f"{baseline['seconds'] / record['seconds']:.2f} | "
-            f"{record['peak_gib']:.2f} | {'-' if mib is None else f'{mib:.1f}'} | "
+            f"{baseline['seconds'] / record['seconds']:.2f} | {1 / record['seconds']:.3f} | "
+            f"{record['batch_images_per_second']:.3f} | {record['peak_gib']:.2f} | "
+            f"{'-' if mib is None else f'{mib:.1f}'} | "
             f"{'-' if exported is None else f'{exported:.0f}'} | {map_diff:.2e} | "
             f"{abs(record['score'] - reference['score']):.2e} | "
             f"{'same' if record['label'] == reference['label'] else 'differs'} | "
@@ -313,7 +338,13 @@ def labelled(name: str, budget: str) -> str:
 
 
 def openvino_rows(
-    module: torch.nn.Module, root: Path, backends: dict, quantization_images: list, image: Path, repeats: int
+    module: torch.nn.Module,
+    root: Path,
+    backends: dict,
+    quantization_images: list,
+    image: Path,
+    repeats: int,
+    batch: int,
 ) -> list[tuple]:
     """Export each weight format once and time each backend on it in its own process."""
     budget = module.model.visual_tokens
@@ -326,7 +357,7 @@ def openvino_rows(
             exports[weights] = (manifest, time.perf_counter() - start)
         manifest, exported = exports[weights]
         record = in_subprocess(
-            "openvino", str(manifest.parent), precision, str(image), str(repeats), json.dumps(properties)
+            "openvino", str(manifest.parent), precision, str(image), str(repeats), json.dumps(properties), str(batch)
         )
         rows.append((name, budget, record, folder_mib(manifest.parent), exported))
     return rows
@@ -354,6 +385,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--types", choices=TYPE_MODES, default="generate", help="how the type question is answered (none: not asked)"
     )
+    parser.add_argument("--batch", type=int, default=8, help="images per call for the images/s column (default 8)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -363,9 +395,13 @@ def main() -> None:
     if args.worker:
         kind, *rest = args.worker
         if kind == "torch":
-            record = torch_worker(Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]), rest[4], rest[5])
+            record = torch_worker(
+                Path(rest[0]), Path(rest[1]), int(rest[2]), int(rest[3]), rest[4], rest[5], int(rest[6])
+            )
         else:
-            record = openvino_worker(Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]), json.loads(rest[4]))
+            record = openvino_worker(
+                Path(rest[0]), rest[1], Path(rest[2]), int(rest[3]), json.loads(rest[4]), int(rest[5])
+            )
         print(json.dumps(record))
         return
 
@@ -394,9 +430,18 @@ def main() -> None:
         for budget in args.visual_tokens:
             module = build_module(backbone, args.max_new_tokens, budget, args.types)
             tokens = module.model.max_new_tokens  # the same for every budget: the short answer's length
-            record = in_subprocess("torch", str(backbone), str(image), str(repeats), str(tokens), budget, args.types)
-            rows.append(("torch eager fp32", budget, record, None, None))
-            rows += openvino_rows(module, root, backends, quantization_images, image, repeats)
+            worker = (
+                "torch",
+                str(backbone),
+                str(image),
+                str(repeats),
+                str(tokens),
+                budget,
+                args.types,
+                str(args.batch),
+            )
+            rows.append(("torch eager fp32", budget, in_subprocess(*worker), None, None))
+            rows += openvino_rows(module, root, backends, quantization_images, image, repeats, args.batch)
             # the random model never emits the segmentation tokens: it decodes the whole budget
             fed = type_tokens(module.model, args.types, tokens)
             flops = image_flops(module.model, probe, tokens) + (fed and type_question_flops(module.model, probe, fed))
@@ -405,7 +450,7 @@ def main() -> None:
         print(f"decoding budget: {tokens} tokens; type question: {args.types} ({fed} tokens fed)")
         print(f"export peak memory (torch model + conversion): {peak_rss_gib():.1f} GiB")
 
-    print_table(rows)
+    print_table(rows, args.batch)
     print_profile(rows, work, decoded, start_peak)
     print_ratios(rows)
 

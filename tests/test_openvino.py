@@ -208,12 +208,27 @@ def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: li
     shared = shared_prefix_length(prompt_ids)
     image_tokens = int((prompt_ids[0] == inferencer.codec.image_token_id).sum())
     assert image_tokens == len(image_features) < shared < min(ids.shape[1] for ids in prompt_ids)
-    together = inferencer._decode(prompt_ids, image_features)
-    alone = [inferencer._decode([ids], image_features)[0] for ids in prompt_ids]
+    together = inferencer._decode(prompt_ids, [image_features])
+    alone = [inferencer._decode([ids], [image_features])[0] for ids in prompt_ids]
     for shared_result, alone_result in zip(together, alone, strict=True):
         assert torch.equal(shared_result.tokens, alone_result.tokens)
         assert torch.allclose(shared_result.anchors, alone_result.anchors, atol=1e-4)
         assert torch.allclose(shared_result.first_logits, alone_result.first_logits, atol=1e-4)
+
+
+def test_a_batch_answers_each_image_as_alone(f32_export: Path, images: list[Path]) -> None:
+    """``predict_batch`` shares the decoder's passes between images of one size and keeps their order."""
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    wide = torch.rand(3, 100, 210, generator=torch.Generator().manual_seed(0))  # the other exported size
+    batch = [images[0], wide, images[1], images[2]]
+    together = inferencer.predict_batch(batch, category="carpet")
+    alone = [inferencer.predict(image, category="carpet") for image in batch]
+    assert [p.input_size for p in together] == [(112, 112), (112, 224), (112, 112), (112, 112)]
+    assert len({p.pred_score for p in together}) == len(batch)  # distinct images, distinct answers
+    for shared, single in zip(together, alone, strict=True):
+        assert abs(shared.pred_score - single.pred_score) < 1e-5
+        assert np.abs(shared.anomaly_map - single.anomaly_map).max() < 1e-4
+        assert (shared.explanation, shared.pred_defect_type) == (single.explanation, single.pred_defect_type)
 
 
 def test_openvino_properties_given_compile_every_graph(f32_export: Path, images: list[Path]) -> None:
@@ -453,8 +468,8 @@ def test_types_by_likelihood_score_the_options_as_torch(
         pixels = inferencer.prepare(path)
         image_features, _ = inferencer.see(pixels)
         prompt_ids = inferencer.codec.prompts([question], [len(image_features)]).input_ids
-        logits, length = next(inferencer._prefilled([prompt_ids], image_features))
-        scores = inferencer._option_log_likelihoods(logits, length, option_ids)
+        logits, length = next(inferencer._prefilled([prompt_ids], [image_features]))
+        (scores,) = inferencer._option_log_likelihoods(logits, length, option_ids)
         with torch.no_grad():
             vision = module.model.see(pixels[None])
             prefill = module.model.prefill_inputs(module.model.prompts(vision, [question]), vision)
@@ -463,4 +478,21 @@ def test_types_by_likelihood_score_the_options_as_torch(
         np.testing.assert_allclose(scores, expected.numpy(), atol=F32_TOLERANCE)
         prediction = inferencer.predict(pixels, category="carpet", candidates=candidates)
         assert prediction.pred_defect_type == reference.types[0] == options[int(scores.argmax())]
+    together = inferencer.predict_batch(images, category="carpet", candidates=candidates)
+    alone = [inferencer.predict(path, category="carpet", candidates=candidates) for path in images]
+    assert [p.pred_defect_type for p in together] == [p.pred_defect_type for p in alone]
     assert len(option_ids) == 4 and all(len(ids) > 1 for ids in option_ids)  # multi-token options: steps are fed
+
+
+def test_a_loaded_export_leaves_its_weight_files_unresident(f32_export: Path) -> None:
+    """The CPU plugin keeps its own copy of the weights; the mapped files' pages are given back after loading.
+
+    (Every test of the inferencer's outputs runs on such an inferencer.)
+    """
+    from test_deploy_memory import resident_bytes
+
+    inferencer = GenAUOpenVINOInferencer(f32_export)  # held: its graphs keep the files mapped
+    weight_files = sorted(f32_export.glob("*.bin"))
+    on_disk = sum(path.stat().st_size for path in weight_files)
+    assert sum(resident_bytes(path) for path in weight_files) < 0.05 * on_disk
+    assert inferencer.language_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -35,6 +35,7 @@ from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_dec
 from anomalib_genau.taxonomy import DATASET_KEYS, object_name, product_candidates
 
 from .manifest import FORMAT_VERSION, MANIFEST, PRECISIONS, RT_INFO_KEY, size_name
+from .memory import drop_mapped_pages
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +126,15 @@ class GenAUOpenVINOInferencer:
             **(config or {}),
         }
         files = self.manifest["files"]
-        self.vision_tower = self._load(files["vision_tower"])
+        # the decoder first: its compilation needs the most transient memory (about its weights in bf16)
         self.embeddings = self._load(files["embeddings"])
         self.language_model = self._load(files["language_model"])
+        token = np.zeros((1, 1), dtype=np.int64)
+        self._settle(self.language_model, decoder_inputs(self.embeddings([token])[0], np.ones_like(token), token))
         self.decoder_request = self.language_model.create_infer_request()  # holds the KV-cache states
+        self.vision_tower = self._load(files["vision_tower"])
+        tile = self.manifest["tile_size"]
+        self._settle(self.vision_tower, [np.zeros((1, 3, tile, tile), dtype=np.float32)])
         self.sizes = [tuple(size) for size in self.manifest["sizes"]]
         self.image_features = {size: self._load(files[f"image_features_{size_name(size)}"]) for size in self.sizes}
         self.readouts = {size: self._load(files[f"readout_{size_name(size)}"]) for size in self.sizes}
@@ -140,6 +146,7 @@ class GenAUOpenVINOInferencer:
         self.codec = DialogueCodec(self.processor, self.manifest["default_object"])
         self.patch_size = self.manifest["patch_size"]
         self.warned_categories: set[str] = set()
+        drop_mapped_pages(self._mapped_folders())
 
     def _read_manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST
@@ -197,6 +204,20 @@ class GenAUOpenVINOInferencer:
             raise ExportError(msg)
         return core.compile_model(model, self.device, self.config)
 
+    def _mapped_folders(self) -> list[Path]:
+        """Where the graphs' weights are mapped from: the export, and OpenVINO's ``CACHE_DIR`` if set."""
+        cache = self.config.get("CACHE_DIR")
+        return [self.root, *([Path(cache)] if cache else [])]
+
+    def _settle(self, graph: ov.CompiledModel, inputs: list[np.ndarray] | dict[str, np.ndarray]) -> None:
+        """One throw-away inference, so that the CPU plugin lays out the weights now; then drop the mapped files.
+
+        Graph by graph, so that the largest resident memory holds one graph's file pages, not all
+        of them (``memory.drop_mapped_pages``).
+        """
+        graph.create_infer_request().infer(inputs)
+        drop_mapped_pages(self._mapped_folders())
+
     def prepare(self, image: str | Path | np.ndarray | Image.Image | torch.Tensor) -> torch.Tensor:
         """The image as ``(3, H, W)`` float in ``[0, 1]``, resized to the nearest exported size.
 
@@ -250,38 +271,76 @@ class GenAUOpenVINOInferencer:
             candidates: The defect types to choose among, instead of the taxonomy's for ``category``.
 
         """
-        pixels = self.prepare(image)
-        size = tuple(pixels.shape[-2:])
+        return self.predict_batch([image], category, dataset, candidates)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[str | Path | np.ndarray | Image.Image | torch.Tensor],
+        category: str | None = None,
+        dataset: str | None = "MVTecAD",
+        candidates: list[str] | None = None,
+    ) -> list[GenAUPrediction]:
+        """Answer several images of one product, in their order (arguments as :meth:`predict`).
+
+        The images resized to the same exported size share every decoder pass: one prefill and
+        one decoding step per answer token for all of them (a batch of the decoder graph). The
+        vision graphs and the readout still run image by image.
+
+        Raises:
+            BrokenImageError, ValueError: An image cannot be read or used (:meth:`prepare`); the
+                message names it, and no image of the call is answered.
+
+        """
+        pixels = [self.prepare(image) for image in images]
         name = object_name(category) if category else self.manifest["default_object"]
         candidates = candidates or self.candidates(category, dataset)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, image_pixels in enumerate(pixels):
+            by_size.setdefault(tuple(image_pixels.shape[-2:]), []).append(index)
+        predictions: dict[int, GenAUPrediction] = {}
+        for indices in by_size.values():
+            answered = self._answer([pixels[index] for index in indices], name, candidates)
+            predictions.update(zip(indices, answered, strict=True))
+        return [predictions[index] for index in range(len(pixels))]
+
+    def _answer(self, pixels: list[torch.Tensor], name: str, candidates: list[str] | None) -> list[GenAUPrediction]:
+        """Both questions about images ``(3, H, W)`` of one size, the decoder reading them as one batch."""
+        size = tuple(pixels[0].shape[-2:])
         questions = [prompts.instruction(name)]
         if candidates:
             questions.append(prompts.type_instruction(name, candidates))
-        image_features, stage_features = self.see(pixels)
-        prompt_ids = [self.codec.prompts([question], [len(image_features)]).input_ids for question in questions]
-        prefilled = self._prefilled(prompt_ids, image_features)
+        image_features, stage_features = zip(*(self.see(image) for image in pixels), strict=True)
+        prompt_ids = [self.codec.prompts([question], [len(image_features[0])]).input_ids for question in questions]
+        prefilled = self._prefilled(prompt_ids, list(image_features))
         decoded = self._greedy(*next(prefilled))
         log_odds = self.codec.log_odds(decoded.first_logits).numpy()
-        outputs = self.readouts[size]([stage_features, decoded.anchors.numpy(), log_odds])
-        result = {port.get_any_name(): value for port, value in outputs.items()}
-        defect_type = self._defect_type(*next(prefilled), candidates) if candidates else None
-        return GenAUPrediction(
-            pred_score=float(result["pred_score"].reshape(-1)[0]),
-            pred_label=bool(result["pred_label"].reshape(-1)[0]),
-            anomaly_map=result["anomaly_map"].reshape(size),
-            pred_mask=result["pred_mask"].reshape(size).astype(bool),
-            pred_defect_type=defect_type,
-            explanation=self.codec.texts(decoded.answer_tokens)[0],
-            input_size=size,
-        )
+        anchors = decoded.anchors.numpy()
+        defect_types = self._defect_types(*next(prefilled), candidates) if candidates else [None] * len(pixels)
+        answers = self.codec.texts(decoded.answer_tokens)
+        predictions = []
+        for index, stages in enumerate(stage_features):
+            outputs = self.readouts[size]([stages, anchors[index : index + 1], log_odds[index : index + 1]])
+            result = {port.get_any_name(): value for port, value in outputs.items()}
+            predictions.append(
+                GenAUPrediction(
+                    pred_score=float(result["pred_score"].reshape(-1)[0]),
+                    pred_label=bool(result["pred_label"].reshape(-1)[0]),
+                    anomaly_map=result["anomaly_map"].reshape(size),
+                    pred_mask=result["pred_mask"].reshape(size).astype(bool),
+                    pred_defect_type=defect_types[index],
+                    explanation=answers[index],
+                    input_size=size,
+                )
+            )
+        return predictions
 
     @property
     def type_mode(self) -> str:
         """How the type question is answered: the checkpoint's ``defect_type_mode`` (``"generate"`` if unset)."""
         return self.manifest["configuration"].get("defect_type_mode") or "generate"
 
-    def _defect_type(self, logits: torch.Tensor, length: int, candidates: list[str]) -> list[str]:
-        """The types answered after the type question's prompt (its last ``logits (1, V)``), by :attr:`type_mode`.
+    def _defect_types(self, logits: torch.Tensor, length: int, candidates: list[str]) -> list[list[str]]:
+        """Each image's types after the type question's prompt (its last ``logits (B, V)``), by :attr:`type_mode`.
 
         ``"generate"``: the greedy answer, mapped by the paper's parser; ``"likelihood"``: the
         option (normal, or one candidate) whose answer text is likeliest, with no free generation.
@@ -289,9 +348,9 @@ class GenAUOpenVINOInferencer:
         if self.type_mode == "likelihood":
             options = self.codec.type_options(candidates)
             scores = self._option_log_likelihoods(logits, length, self.codec.option_ids(options))
-            return options[int(scores.argmax())]
-        answer = self.codec.texts(self._greedy(logits, length).answer_tokens)[0]
-        return self.codec.defect_types(answer, candidates).types
+            return [options[int(best)] for best in scores.argmax(axis=1)]
+        answers = self.codec.texts(self._greedy(logits, length).answer_tokens)
+        return [self.codec.defect_types(answer, candidates).types for answer in answers]
 
     def ask(
         self,
@@ -317,7 +376,7 @@ class GenAUOpenVINOInferencer:
         budget = max_new_tokens or self.manifest["max_new_tokens"]
         prompt_ids = self.codec.prompts([question], [len(image_features)]).input_ids
         check_context(prompt_ids.shape[1], budget, self.manifest["max_positions"])
-        (decoded,) = self._decode([prompt_ids], image_features, budget, on_tokens)
+        (decoded,) = self._decode([prompt_ids], [image_features], budget, on_tokens)
         return self.codec.texts(decoded.answer_tokens)[0]
 
     def see(self, pixels: torch.Tensor) -> Vision:
@@ -358,11 +417,11 @@ class GenAUOpenVINOInferencer:
     def _decode(
         self,
         prompt_ids: list[torch.Tensor],
-        image_features: np.ndarray,
+        image_features: list[np.ndarray],
         max_new_tokens: int | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> list[DecodeResult]:
-        """Answer each prompt (``(1, L_i)`` ids) about one image with the shared greedy loop.
+        """Answer each prompt (``(1, L_i)`` ids) about each image (``(T, D)`` features) with the shared greedy loop.
 
         ``on_tokens`` sees the ids each decoding step feeds (see :meth:`ask`).
         """
@@ -372,29 +431,32 @@ class GenAUOpenVINOInferencer:
         ]
 
     def _prefilled(
-        self, prompt_ids: list[torch.Tensor], image_features: np.ndarray
+        self, prompt_ids: list[torch.Tensor], image_features: list[np.ndarray]
     ) -> Iterator[tuple[torch.Tensor, int]]:
-        """Prefill each prompt in turn on the decoder's states; yields its last ``logits (1, V)`` and its length.
+        """Prefill each prompt in turn on the decoder's states; yields its last ``logits (B, V)`` and its length.
 
-        Several prompts share their beginning (the system turn and the image's tokens): it is
-        prefilled once, its KV cache read out of the decoder's states and put back before each
-        prompt's own tokens. Whatever the caller feeds after a prompt (an answer) is dropped
-        with the states when the next prompt is prefilled.
+        Each prompt (``(1, L)`` ids) is asked about each of the ``B`` images (``(T, D)`` features
+        each, the same ``T``), as one batch of the decoder. Several prompts share their beginning
+        (the system turn and the image's tokens): it is prefilled once, its KV cache read out of
+        the decoder's states and put back before each prompt's own tokens. Whatever the caller
+        feeds after a prompt (an answer) is dropped with the states when the next prompt is
+        prefilled.
         """
         request = self.decoder_request
         request.reset_state()  # an empty KV cache
-        embeds = [self._embed(ids, image_features) for ids in prompt_ids]
+        embeds = [np.concatenate([self._embed(ids, features) for features in image_features]) for ids in prompt_ids]
+        batch = len(image_features)
         shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 else 0
         if shared:
-            self._infer(embeds[0][:, :shared], np.ones((1, shared), dtype=np.int64), np.arange(shared)[None])
+            positions = np.arange(shared).repeat(batch).reshape(shared, batch).T
+            self._infer(embeds[0][:, :shared], np.ones((batch, shared), dtype=np.int64), positions)
             prefix = self._saved_states()
         for ids, prompt_embeds in zip(prompt_ids, embeds, strict=True):
             if shared:
                 self._restore_states(prefix)
             length = ids.shape[1]
-            logits, _ = self._infer(
-                prompt_embeds[:, shared:], np.ones((1, length), dtype=np.int64), np.arange(shared, length)[None]
-            )
+            positions = np.arange(shared, length).repeat(batch).reshape(length - shared, batch).T
+            logits, _ = self._infer(prompt_embeds[:, shared:], np.ones((batch, length), dtype=np.int64), positions)
             yield logits, length
 
     def _greedy(
@@ -404,12 +466,13 @@ class GenAUOpenVINOInferencer:
         max_new_tokens: int | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> DecodeResult:
-        """The greedy answer after a prompt of ``length`` tokens whose last ``logits (1, V)`` are given."""
+        """The greedy answers after prompts of ``length`` tokens whose last ``logits (B, V)`` are given."""
+        batch = logits.shape[0]
         return greedy_anchor_decode(
             logits,
             self._step if on_tokens is None else partial(self._reported_step, on_tokens),
-            torch.ones(1, length, dtype=torch.long),
-            torch.tensor([length - 1]),
+            torch.ones(batch, length, dtype=torch.long),
+            torch.full((batch,), length - 1),
             self.codec.seg_ids,
             self.codec.banned_ids,
             self.codec.pad_id,
@@ -417,25 +480,28 @@ class GenAUOpenVINOInferencer:
         )
 
     def _option_log_likelihoods(self, logits: torch.Tensor, length: int, options: list[list[int]]) -> np.ndarray:
-        """``(K,)`` summed log-probabilities of each option's token ids after a prompt of ``length`` tokens.
+        """``(B, K)`` summed log-probabilities of each option's token ids after prompts of ``length`` tokens.
 
         The export's decoder returns the last position's logits only, so each option's tokens
         are fed one decoding step at a time, from the prompt's cache put back before each option
         (as the torch model's ``option_log_likelihoods`` scores them against its shared cache).
         """
-        first = logits[0].float().log_softmax(dim=-1)
+        batch = logits.shape[0]
+        first = logits.float().log_softmax(dim=-1)
         prompt_states = self._saved_states()
-        scores = np.zeros(len(options))
+        scores = np.zeros((batch, len(options)))
         for index, option in enumerate(options):
             if index:
                 self._restore_states(prompt_states)
-            scores[index] = float(first[option[0]])
+            scores[:, index] = first[:, option[0]].numpy()
             for offset, (fed, following) in enumerate(itertools.pairwise(option)):
                 position = length + offset
                 step_logits, _ = self._step(
-                    torch.tensor([[fed]]), torch.ones(1, position + 1, dtype=torch.long), torch.tensor([[position]])
+                    torch.full((batch, 1), fed),
+                    torch.ones(batch, position + 1, dtype=torch.long),
+                    torch.full((batch, 1), position),
                 )
-                scores[index] += float(step_logits[0].float().log_softmax(dim=-1)[following])
+                scores[:, index] += step_logits.float().log_softmax(dim=-1)[:, following].numpy()
         return scores
 
     def _saved_states(self) -> list[np.ndarray]:
@@ -450,7 +516,7 @@ class GenAUOpenVINOInferencer:
     def _step(
         self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoding step of the greedy loop: feed ``ids (1, K)`` at ``positions (1, K)``."""
+        """One decoding step of the greedy loop: feed ``ids (B, K)`` at ``positions (B, K)``."""
         fed = self.embeddings([ids.numpy()])[0]
         return self._infer(fed, attention_mask.numpy(), positions.numpy())
 
@@ -474,16 +540,19 @@ class GenAUOpenVINOInferencer:
     def _infer(
         self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder pass on the cache in the states: ``logits (1, V)`` and ``hidden (1, L, D)``."""
-        outputs = self.decoder_request.infer(
-            {
-                "inputs_embeds": embeds,
-                "attention_mask": attention_mask,
-                "position_ids": position_ids,
-                "beam_idx": np.zeros(1, dtype=np.int64),
-            }
-        )
+        """One decoder pass on the cache in the states: ``logits (B, V)`` and ``hidden (B, L, D)``."""
+        outputs = self.decoder_request.infer(decoder_inputs(embeds, attention_mask, position_ids))
         return torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["hidden"])
+
+
+def decoder_inputs(embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The decoder graph's inputs for ``embeds (B, L, D)``: each row keeps its own cache (no beam reordering)."""
+    return {
+        "inputs_embeds": embeds,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "beam_idx": np.arange(embeds.shape[0], dtype=np.int64),
+    }
 
 
 def shared_prefix_length(prompt_ids: list[torch.Tensor]) -> int:
