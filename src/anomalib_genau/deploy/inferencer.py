@@ -10,7 +10,6 @@ view; 384x768 -> 1x2 tiles + global view); ``genau.json`` lists the sizes.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -482,26 +481,33 @@ class GenAUOpenVINOInferencer:
     def _option_log_likelihoods(self, logits: torch.Tensor, length: int, options: list[list[int]]) -> np.ndarray:
         """``(B, K)`` summed log-probabilities of each option's token ids after prompts of ``length`` tokens.
 
-        The export's decoder returns the last position's logits only, so each option's tokens
-        are fed one decoding step at a time, from the prompt's cache put back before each option
-        (as the torch model's ``option_log_likelihoods`` scores them against its shared cache).
+        The export's decoder returns the last position's logits only, so the options' tokens are
+        fed one decoding step at a time, all options at once: the first step copies each image's
+        prompt cache into one row per option (``beam_idx``), and options shorter than the longest
+        feed padding whose logits are not read. Steps: the longest option's length less one, not
+        the sum over options (as the torch model's ``option_log_likelihoods`` scores them against
+        its shared cache).
         """
-        batch = logits.shape[0]
+        batch, count = logits.shape[0], len(options)
         first = logits.float().log_softmax(dim=-1)
-        prompt_states = self._saved_states()
-        scores = np.zeros((batch, len(options)))
-        for index, option in enumerate(options):
-            if index:
-                self._restore_states(prompt_states)
-            scores[:, index] = first[:, option[0]].numpy()
-            for offset, (fed, following) in enumerate(itertools.pairwise(option)):
-                position = length + offset
-                step_logits, _ = self._step(
-                    torch.full((batch, 1), fed),
-                    torch.ones(batch, position + 1, dtype=torch.long),
-                    torch.full((batch, 1), position),
-                )
-                scores[:, index] += step_logits.float().log_softmax(dim=-1)[:, following].numpy()
+        scores = np.stack([first[:, option[0]].numpy() for option in options], axis=1)
+        longest = max(len(option) for option in options)
+        ids = torch.tensor([option + [self.codec.pad_id] * (longest - len(option)) for option in options])
+        rows = batch * count  # row b * count + k: option k after image b's prompt
+        beams = np.repeat(np.arange(batch), count)
+        for offset in range(longest - 1):
+            position = length + offset
+            step_logits, _ = self._step(
+                ids[:, offset].repeat(batch)[:, None],
+                torch.ones(rows, position + 1, dtype=torch.long),
+                torch.full((rows, 1), position),
+                beams,
+            )
+            beams = np.arange(rows)
+            log_probs = step_logits.float().log_softmax(dim=-1).reshape(batch, count, -1)
+            for index, option in enumerate(options):
+                if offset + 1 < len(option):
+                    scores[:, index] += log_probs[:, index, option[offset + 1]].numpy()
         return scores
 
     def _saved_states(self) -> list[np.ndarray]:
@@ -514,11 +520,15 @@ class GenAUOpenVINOInferencer:
             state.state = ov.Tensor(data)
 
     def _step(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        beam_idx: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoding step of the greedy loop: feed ``ids (B, K)`` at ``positions (B, K)``."""
+        """One decoding step: feed ``ids (B, K)`` at ``positions (B, K)`` (``beam_idx`` as in :meth:`_infer`)."""
         fed = self.embeddings([ids.numpy()])[0]
-        return self._infer(fed, attention_mask.numpy(), positions.numpy())
+        return self._infer(fed, attention_mask.numpy(), positions.numpy(), beam_idx)
 
     def _reported_step(
         self, on_tokens: Callable[[list[int]], None], ids: torch.Tensor, *args: torch.Tensor
@@ -538,10 +548,20 @@ class GenAUOpenVINOInferencer:
         return embeds
 
     def _infer(
-        self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray
+        self,
+        embeds: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        beam_idx: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder pass on the cache in the states: ``logits (B, V)`` and ``hidden (B, L, D)``."""
-        outputs = self.decoder_request.infer(decoder_inputs(embeds, attention_mask, position_ids))
+        """One decoder pass on the cache in the states: ``logits (B, V)`` and ``hidden (B, L, D)``.
+
+        ``beam_idx (B,)``: the cached row each row continues (default: its own).
+        """
+        inputs = decoder_inputs(embeds, attention_mask, position_ids)
+        if beam_idx is not None:
+            inputs["beam_idx"] = beam_idx
+        outputs = self.decoder_request.infer(inputs)
         return torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["hidden"])
 
 
