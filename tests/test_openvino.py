@@ -284,20 +284,28 @@ def test_int8_through_anomalib_export(
 def test_quantization_captures_the_inputs_the_inferencer_feeds_the_graphs(
     trained_module: GenAU, f32_export: Path, images: list[Path]
 ) -> None:
-    """INT8 PTQ quantizes the decoder on the prefill's embeddings, mask and positions, as the inferencer feeds them."""
+    """INT8 PTQ calibrates the decoder on what the inferencer feeds it: the prompt, then the answer and its anchors.
+
+    One sequence: the prefill's embeddings and each decoding step's, the segmentation tokens (whose
+    states are the anchors) last.
+    """
     inferencer = GenAUOpenVINOInferencer(f32_export)
     fed = []
     infer = inferencer._infer
     inferencer._infer = lambda *inputs: fed.append(inputs) or infer(*inputs)
     pixels = inferencer.prepare(images[0])
     inferencer.predict(pixels)  # no category: one question, the default object
-    (prefill,) = quantization_samples(trained_module.model, [(pixels, None)])
-    embeds, attention_mask, position_ids = fed[0]
-    assert prefill["inputs_embeds"].shape == embeds.shape
-    assert np.abs(prefill["inputs_embeds"] - embeds).max() < 1e-5
-    assert np.array_equal(prefill["attention_mask"], attention_mask)
-    assert np.array_equal(prefill["position_ids"], position_ids)
-    assert np.array_equal(prefill["beam_idx"], [0])
+    (sample,) = quantization_samples(trained_module.model, [(pixels, None)])
+    embeds = np.concatenate([inputs[0] for inputs in fed], axis=1)  # prefill, then every step
+    assert len(fed) > 2 and sample["inputs_embeds"].shape == embeds.shape
+    assert np.abs(sample["inputs_embeds"] - embeds).max() < 1e-5
+    seg_ids = inferencer.codec.seg_ids
+    seg_embeds = inferencer.embeddings([np.array([[seg_ids.defect, seg_ids.normal]])])[0]
+    assert np.abs(sample["inputs_embeds"][:, -2:] - seg_embeds).max() < 1e-5
+    total = embeds.shape[1]
+    assert np.array_equal(sample["attention_mask"], np.ones((1, total)))
+    assert np.array_equal(sample["position_ids"], np.arange(total)[None])
+    assert np.array_equal(sample["beam_idx"], [0])
     with pytest.raises(ValueError, match="at least one quantization image"):
         quantization_samples(trained_module.model, [])
 
