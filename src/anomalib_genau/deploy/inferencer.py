@@ -447,14 +447,14 @@ class GenAUOpenVINOInferencer:
         batch = len(image_features)
         shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 else 0
         if shared:
-            positions = np.arange(shared).repeat(batch).reshape(shared, batch).T
+            positions = np.tile(np.arange(shared), (batch, 1))
             self._infer(embeds[0][:, :shared], np.ones((batch, shared), dtype=np.int64), positions)
             prefix = self._saved_states()
         for ids, prompt_embeds in zip(prompt_ids, embeds, strict=True):
             if shared:
                 self._restore_states(prefix)
             length = ids.shape[1]
-            positions = np.arange(shared, length).repeat(batch).reshape(length - shared, batch).T
+            positions = np.tile(np.arange(shared, length), (batch, 1))
             logits, _ = self._infer(prompt_embeds[:, shared:], np.ones((batch, length), dtype=np.int64), positions)
             yield logits, length
 
@@ -554,24 +554,23 @@ class GenAUOpenVINOInferencer:
         position_ids: np.ndarray,
         beam_idx: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder pass on the cache in the states: ``logits (B, V)`` and ``hidden (B, L, D)``.
-
-        ``beam_idx (B,)``: the cached row each row continues (default: its own).
-        """
-        inputs = decoder_inputs(embeds, attention_mask, position_ids)
-        if beam_idx is not None:
-            inputs["beam_idx"] = beam_idx
-        outputs = self.decoder_request.infer(inputs)
+        """One decoder pass on the states' cache: ``logits (B, V)``, ``hidden (B, L, D)`` (``decoder_inputs``)."""
+        outputs = self.decoder_request.infer(decoder_inputs(embeds, attention_mask, position_ids, beam_idx))
         return torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["hidden"])
 
 
-def decoder_inputs(embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """The decoder graph's inputs for ``embeds (B, L, D)``: each row keeps its own cache (no beam reordering)."""
+def decoder_inputs(
+    embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, beam_idx: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The decoder graph's inputs for ``embeds (B, L, D)``.
+
+    ``beam_idx (B,)``: the cached row each row continues (default: its own).
+    """
     return {
         "inputs_embeds": embeds,
         "attention_mask": attention_mask,
         "position_ids": position_ids,
-        "beam_idx": np.arange(embeds.shape[0], dtype=np.int64),
+        "beam_idx": np.arange(embeds.shape[0], dtype=np.int64) if beam_idx is None else beam_idx,
     }
 
 
