@@ -20,7 +20,7 @@ from anomalib_genau.data.synthetic import generate_mvtec_dataset
 from anomalib_genau.deploy import ExportError, GenAUOpenVINOInferencer, export_openvino
 from anomalib_genau.deploy.inferencer import shared_prefix_length
 from anomalib_genau.deploy.manifest import FORMAT_VERSION
-from anomalib_genau.deploy.quantization import quantization_samples
+from anomalib_genau.deploy.quantization import output_matmul, quantization_samples
 from anomalib_genau.models.genau import GenAU
 from anomalib_genau.models.genau.export import export_configuration
 from anomalib_genau.models.genau.torch_decoding import option_log_likelihoods
@@ -73,6 +73,17 @@ def torch_reference(module: GenAU, image: torch.Tensor, size: tuple[int, int], c
         "type": types.types[0],
         "answer": inspection.answers[0],
     }
+
+
+def constant_types(node: ov.Node) -> set[ov.Type]:
+    """The element types of the constants ``node`` is computed from."""
+    types, stack = set(), [node]
+    while stack:
+        node = stack.pop()
+        if node.get_type_name() == "Constant":
+            types.add(node.get_element_type())
+        stack.extend(value.get_node() for value in node.input_values())
+    return types
 
 
 def test_export_files_and_manifest(f32_export: Path) -> None:
@@ -328,6 +339,12 @@ def test_int8_ptq_through_anomalib_export_calibrates_on_the_datamodule(
         attention = [node for node in graph.get_ops() if node.get_type_name() == "ScaledDotProductAttention"]
         for node in attention:
             assert all(value.get_node().get_type_name() != "FakeQuantize" for value in node.input_values()), name
+    decoder = ov.Core().read_model(manifest.parent / "language_model.xml")
+    head_name = output_matmul(decoder, "logits")
+    head = next(node for node in decoder.get_ops() if node.get_friendly_name() == head_name)
+    activations, weights = (value.get_node() for value in head.input_values())
+    assert activations.get_type_name() != "FakeQuantize"  # the LM head reads float activations ...
+    assert ov.Type.u8 in constant_types(weights)  # ... and INT8 weights
     ptq_bytes = sum(p.stat().st_size for p in manifest.parent.glob("*.bin"))
     f32_bytes = sum(p.stat().st_size for p in f32_export.glob("*.bin") if "224" not in p.name)
     assert ptq_bytes < 0.5 * f32_bytes
@@ -344,6 +361,7 @@ def test_int8_ptq_through_anomalib_export_calibrates_on_the_datamodule(
         assert np.abs(prediction.anomaly_map - reference["map"]).max() < INT8_PTQ_TOLERANCE
         assert abs(prediction.pred_score - reference["score"]) < INT8_PTQ_TOLERANCE
         assert prediction.pred_label == reference["label"]
+        assert prediction.explanation == reference["answer"]
         assert prediction.pred_defect_type == reference["type"]
 
 

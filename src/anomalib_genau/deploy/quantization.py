@@ -6,7 +6,10 @@ compute-bound prefill, and needs quantization images. The decoder is calibrated 
 prompt *and* the torch model's own answer to it, ``[SEG_defect] [SEG_normal]`` included, as one
 sequence: the states of those two tokens are the anchors the maps are read with, and calibrated
 on the prompts alone, a checkpoint's maps moved by up to 0.17 (mean 0.13) through the clipped
-ranges of the segmentation tokens' activations (benchmarks/RESULTS.md).
+ranges of the segmentation tokens' activations (benchmarks/RESULTS.md). The LM head keeps
+floating-point activations (its weights are INT8): its logits choose the answer's tokens, and the
+anchors are read after the answer, so one token flipped by a clipped activation moved another
+checkpoint's maps by up to 0.21 (mean 0.11) where the float LM head kept them within 0.04.
 
 ``int8_ptq_tower`` quantizes the vision tower's activations as well, on the quantization images'
 views, except those of its patch embedding: the readout compares the tower's stage features with
@@ -49,22 +52,42 @@ QUANTIZED_GRAPHS = {"int8_ptq": ("language_model",), "int8_ptq_tower": ("languag
 # KV cache, and the unfused attention makes every decoding step several times slower
 # (benchmarks/RESULTS.md). The convolution: SigLIP's only one is the patch embedding (see above).
 FLOAT_OPERATIONS = {"language_model": ("ScaledDotProductAttention",), "vision_tower": ("Convolution",)}
+# The graphs' outputs whose MatMul keeps floating-point activations (and INT8 weights): the decoder's
+# logits, which choose the answer's tokens (see above). It reads one position per step.
+FLOAT_OUTPUTS = {"language_model": ("logits",), "vision_tower": ()}
 
 
-def quantize(model: ov.Model, samples: list[Any], float_operations: Sequence[str]) -> ov.Model:
+def output_matmul(model: ov.Model, output: str) -> str:
+    """The friendly name of the MatMul nearest to the graph's output ``output``, along first inputs."""
+    node = model.output(output).get_node()
+    while node.get_type_name() != "MatMul":
+        if node.get_input_size() == 0:
+            msg = f"No MatMul computes the graph's output '{output}'."
+            raise ValueError(msg)
+        node = node.input_value(0).get_node()
+    return node.get_friendly_name()
+
+
+def quantize(
+    model: ov.Model, samples: list[Any], float_operations: Sequence[str], float_outputs: Sequence[str] = ()
+) -> ov.Model:
     """NNCF post-training quantization (INT8 weights and activations) calibrated on ``samples``.
 
-    Operations of the types ``float_operations`` keep floating-point inputs.
+    Operations of the types ``float_operations`` keep floating-point inputs, as do the MatMuls that
+    compute ``float_outputs``; those get INT8 weights only.
     """
     import nncf
 
-    return nncf.quantize(
+    names = [output_matmul(model, output) for output in float_outputs]
+    quantized = nncf.quantize(
         model,
         nncf.Dataset(samples),
         subset_size=len(samples),
         model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(types=list(float_operations)),
+        ignored_scope=nncf.IgnoredScope(names=names, types=list(float_operations)),
     )
+    # NNCF's quantization leaves an ignored MatMul's weights as they were (fp16)
+    return nncf.compress_weights(quantized, mode=nncf.CompressWeightsMode.INT8_ASYM) if names else quantized
 
 
 class _PrefillCaptured(Exception):  # noqa: N818 - control flow, not an error
