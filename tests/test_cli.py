@@ -192,11 +192,14 @@ def test_ablation_switches_are_restored_when_a_run_fails(tmp_path: Path, failing
 def test_command_choices_are_the_values_of_the_modules_that_take_them() -> None:
     from anomalib_genau.data.sources import DATASET_SOURCES
     from anomalib_genau.data.synthetic_layouts import LAYOUT_GENERATORS
-    from anomalib_genau.deploy import export, inferencer
+    from anomalib_genau.deploy import export, inferencer, quantization
     from anomalib_genau.taxonomy import DATASET_KEYS
 
     assert tuple(DATASET_SOURCES) == tuple(LAYOUT_GENERATORS) == tuple(DATASET_KEYS) == choices.DATASETS
     assert tuple(export.WEIGHT_FORMATS) == choices.WEIGHT_FORMATS
+    assert set(choices.QUANTIZED_GRAPHS) <= set(export.WEIGHT_FORMATS)
+    quantized = {graph for graphs in choices.QUANTIZED_GRAPHS.values() for graph in graphs}
+    assert quantized == set(quantization.FLOAT_OPERATIONS) == set(quantization.FLOAT_OUTPUTS)
     assert tuple(inferencer.PRECISIONS) == choices.PRECISIONS
 
 

@@ -11,8 +11,9 @@ WEIGHT_FORMATS = ("f32", "fp16", "int8", "int4", "int8_ptq", "int8_ptq_tower")
 """Weight formats of the OpenVINO export: f32, fp16 storage, NNCF INT8 or INT4 weights, NNCF INT8
 quantization of the decoder, or of the decoder and the vision tower."""
 
-QUANTIZED_WEIGHTS = ("int8_ptq", "int8_ptq_tower")
-"""The weight formats that quantize activations, and so need quantization images."""
+QUANTIZED_GRAPHS = {"int8_ptq": ("language_model",), "int8_ptq_tower": ("language_model", "vision_tower")}
+"""The weight formats that quantize activations, and so need quantization images: the graphs whose
+activations each quantizes."""
 
 PRECISIONS = ("f32", "bf16")
 """Inference precisions of the OpenVINO inferencer (the CPU plugin's ``INFERENCE_PRECISION_HINT``)."""

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anomalib_genau.choices import DATASETS, PRECISIONS, QUANTIZED_WEIGHTS, WEIGHT_FORMATS
+from anomalib_genau.choices import DATASETS, PRECISIONS, QUANTIZED_GRAPHS, WEIGHT_FORMATS
 
 
 def tiny_backbone(args: argparse.Namespace) -> None:
@@ -66,7 +66,7 @@ def export(args: argparse.Namespace) -> None:
     from anomalib_genau.prompts import instruction
     from anomalib_genau.taxonomy import object_name
 
-    if (args.weights in QUANTIZED_WEIGHTS) != bool(args.quantization_images):
+    if (args.weights in QUANTIZED_GRAPHS) != bool(args.quantization_images):
         raise SystemExit(
             "anomalib-genau export: --quantization-images goes with --weights int8_ptq or int8_ptq_tower, and only "
             "with them."

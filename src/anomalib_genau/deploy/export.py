@@ -39,18 +39,12 @@ from openvino._offline_transformations import compress_model_transformation
 from openvino.passes import MakeStateful, Manager
 from torch.export import Dim
 
+from anomalib_genau.choices import QUANTIZED_GRAPHS
 from anomalib_genau.models.genau.torch_model import GenAUModel
 
 from .graphs import DecoderGraph, EmbeddingGraph, ImageFeaturesGraph, ReadoutGraph, VisionTowerGraph
 from .manifest import FORMAT_VERSION, MANIFEST, RT_INFO_KEY, WEIGHT_FORMATS, size_name
-from .quantization import (
-    FLOAT_OPERATIONS,
-    FLOAT_OUTPUTS,
-    QUANTIZED_GRAPHS,
-    calibration_samples,
-    compress_weights,
-    quantize,
-)
+from .quantization import FLOAT_OPERATIONS, FLOAT_OUTPUTS, calibration_samples, compress_weights, quantize
 
 logger = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from anomalib_genau.choices import QUANTIZED_GRAPHS
 from anomalib_genau.models.genau.torch_model import GenAUModel
 
 
@@ -45,8 +46,6 @@ def compress_weights(model: ov.Model, weights: str, language: bool) -> ov.Model:
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
-# The graphs whose activations each post-training quantization format quantizes.
-QUANTIZED_GRAPHS = {"int8_ptq": ("language_model",), "int8_ptq_tower": ("language_model", "vision_tower")}
 # The graphs' operation types that stay in floating point under INT8 post-training quantization.
 # The attention: quantizing its inputs breaks the CPU plugin's fused attention over the stateful
 # KV cache, and the unfused attention makes every decoding step several times slower
