@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,8 @@ def export_openvino(
     try:  # saved before unmerging: the converted graphs share their weights' memory with torch
         samples = calibration_samples(model, quantization_images or [], weights)
         files = {}
-        for name, traced in trace_graphs(model, post_processor, sizes, manifest["score"]["fused"]).items():
+        # one graph at a time: each is converted, compressed and saved before the next is traced
+        for name, traced in trace_graphs(model, post_processor, sizes, manifest["score"]["fused"]):
             if weights != "f32":
                 # fp16 storage (what ov.save_model's compress_to_fp16 does), before NNCF: save_model
                 # skips a graph NNCF has compressed, which kept its other constants (norms, biases,
@@ -185,6 +186,7 @@ def export_openvino(
             path = root / f"{name}.xml"
             ov.save_model(graph, path, compress_to_fp16=False)
             files[name] = path.name
+            del traced, graph  # released before the next graph is converted
     finally:
         model.vlm.unmerge_adapter()
         model.train(was_training)
@@ -233,10 +235,9 @@ def build_manifest(
 
 def trace_graphs(
     model: GenAUModel, post_processor: PostProcessor, sizes: Sequence[tuple[int, int]], fused_score: bool
-) -> dict[str, ov.Model]:
-    """Trace and convert every graph on a probe image of each size (weights already merged)."""
+) -> Iterator[tuple[str, ov.Model]]:
+    """Trace and convert every graph on a probe image of each size (weights already merged), one by one."""
     config = model.llava.config
-    graphs: dict[str, ov.Model] = {}
     views = Dim("views", min=1, max=64)
     vision_tower = VisionTowerGraph(model)
     for index, size in enumerate(sizes):
@@ -245,27 +246,38 @@ def trace_graphs(
         pixel_values = pixel_values["pixel_values"][0]
         projector_input, stages = vision_tower(pixel_values)
         if index == 0:
-            graphs["vision_tower"] = _name_outputs(
-                _convert(vision_tower, (pixel_values,), ["pixel_values"], ({0: views},)),
-                ["projector_input", "stage_features"],
+            yield (
+                "vision_tower",
+                _name_outputs(
+                    _convert(vision_tower, (pixel_values,), ["pixel_values"], ({0: views},)),
+                    ["projector_input", "stage_features"],
+                ),
             )
             input_ids = model.prompts(model.see(probe[None]), None).input_ids
             embeds = EmbeddingGraph(model)
-            graphs["embeddings"] = _name_outputs(
-                _convert(embeds, (input_ids,), ["input_ids"], ({1: Dim("tokens", min=1, max=32768)},)),
-                ["inputs_embeds"],
+            yield (
+                "embeddings",
+                _name_outputs(
+                    _convert(embeds, (input_ids,), ["input_ids"], ({1: Dim("tokens", min=1, max=32768)},)),
+                    ["inputs_embeds"],
+                ),
             )
-            graphs["language_model"] = _convert_decoder(model, embeds(input_ids))
-        graphs[f"image_features_{size_name(size)}"] = _name_outputs(
-            _convert(ImageFeaturesGraph(model, size), (projector_input,), ["projector_input"]), ["image_features"]
+            yield "language_model", _convert_decoder(model, embeds(input_ids))
+        yield (
+            f"image_features_{size_name(size)}",
+            _name_outputs(
+                _convert(ImageFeaturesGraph(model, size), (projector_input,), ["projector_input"]), ["image_features"]
+            ),
         )
         anchors = torch.randn(1, 2, config.text_config.hidden_size)
         readout = ReadoutGraph(model, post_processor, size, fused_score)
-        graphs[f"readout_{size_name(size)}"] = _name_outputs(
-            _convert(readout, (stages, anchors, torch.zeros(1)), ["stage_features", "anchors", "log_odds"]),
-            ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
+        yield (
+            f"readout_{size_name(size)}",
+            _name_outputs(
+                _convert(readout, (stages, anchors, torch.zeros(1)), ["stage_features", "anchors", "log_odds"]),
+                ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
+            ),
         )
-    return graphs
 
 
 def cache_names(layers: int, prefix: str) -> list[str]:
