@@ -68,8 +68,8 @@ def export(args: argparse.Namespace) -> None:
 
     if (args.weights in QUANTIZED_GRAPHS) != bool(args.quantization_images):
         raise SystemExit(
-            "anomalib-genau export: --quantization-images goes with --weights int8_ptq or int8_ptq_tower, and only "
-            "with them."
+            f"anomalib-genau export: --quantization-images goes with --weights {' or '.join(QUANTIZED_GRAPHS)}, and "
+            "only with them."
         )
     module = GenAU.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     sizes = [_size(text) for text in args.input_size] if args.input_size else None
