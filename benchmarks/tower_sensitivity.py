@@ -12,7 +12,7 @@ export's anomaly map with the quantized tower and the f32 export's map; NNCF rev
 quantizers that cost most until the metric drops by at most ``--max-drop``. Prints the metric
 of the float, fully quantized and accuracy-controlled towers, and the operations reverted:
 ``int8_ptq_tower`` keeps those in floating point
-(``anomalib_genau.deploy.quantization.FLOAT_OPERATIONS``). Nothing is asserted.
+(``anomalib_genau.deploy.quantization.FLOAT_SCOPES``). Nothing is asserted.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def test_command_choices_are_the_values_of_the_modules_that_take_them() -> None:
     assert tuple(export.WEIGHT_FORMATS) == choices.WEIGHT_FORMATS
     assert set(choices.QUANTIZED_GRAPHS) <= set(export.WEIGHT_FORMATS)
     quantized = {graph for graphs in choices.QUANTIZED_GRAPHS.values() for graph in graphs}
-    assert quantized == set(quantization.FLOAT_OPERATIONS) == set(quantization.FLOAT_OUTPUTS)
+    assert quantized == set(quantization.FLOAT_SCOPES)
     assert tuple(inferencer.PRECISIONS) == choices.PRECISIONS
 
 

@@ -44,7 +44,7 @@ from anomalib_genau.models.genau.torch_model import GenAUModel
 
 from .graphs import DecoderGraph, EmbeddingGraph, ImageFeaturesGraph, ReadoutGraph, VisionTowerGraph
 from .manifest import FORMAT_VERSION, MANIFEST, RT_INFO_KEY, WEIGHT_FORMATS, size_name
-from .quantization import FLOAT_OPERATIONS, FLOAT_OUTPUTS, calibration_samples, compress_weights, quantize
+from .quantization import FLOAT_SCOPES, calibration_samples, compress_weights, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def export_openvino(
                 # SigLIP's position embeddings) in f32
                 compress_model_transformation(traced)
             if name in samples:
-                graph = quantize(traced, samples[name], FLOAT_OPERATIONS[name], FLOAT_OUTPUTS[name])
+                graph = quantize(traced, samples[name], FLOAT_SCOPES[name])
             elif weights not in {"f32", "fp16"} and not name.startswith("readout"):
                 graph = compress_weights(traced, weights, language=name in {"language_model", "embeddings"})
             else:

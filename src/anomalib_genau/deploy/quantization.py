@@ -22,7 +22,8 @@ operation: ``benchmarks/tower_sensitivity.py``, figures in ``benchmarks/RESULTS.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,14 +47,29 @@ def compress_weights(model: ov.Model, weights: str, language: bool) -> ov.Model:
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
-# The graphs' operation types that stay in floating point under INT8 post-training quantization.
-# The attention: quantizing its inputs breaks the CPU plugin's fused attention over the stateful
-# KV cache, and the unfused attention makes every decoding step several times slower
-# (benchmarks/RESULTS.md). The convolution: SigLIP's only one is the patch embedding (see above).
-FLOAT_OPERATIONS = {"language_model": ("ScaledDotProductAttention",), "vision_tower": ("Convolution",)}
-# The graphs' outputs whose MatMul keeps floating-point activations (and INT8 weights): the decoder's
-# logits, which choose the answer's tokens (see above). It reads one position per step.
-FLOAT_OUTPUTS = {"language_model": ("logits",), "vision_tower": ()}
+@dataclass(frozen=True)
+class FloatScope:
+    """What of one graph keeps floating-point activations (and INT8 weights) under INT8 PTQ.
+
+    Attributes:
+        operation_types: Operation types whose inputs are not quantized.
+        outputs: Graph outputs whose computing MatMul is not quantized.
+
+    """
+
+    operation_types: tuple[str, ...]
+    outputs: tuple[str, ...] = ()
+
+
+# Per quantized graph. The decoder's attention: quantizing its inputs breaks the CPU plugin's fused
+# attention over the stateful KV cache, and the unfused attention makes every decoding step several
+# times slower (benchmarks/RESULTS.md). The decoder's logits, which choose the answer's tokens (see
+# above; the LM head reads one position per step). The tower's convolution: SigLIP's only one is
+# the patch embedding (see above).
+FLOAT_SCOPES = {
+    "language_model": FloatScope(operation_types=("ScaledDotProductAttention",), outputs=("logits",)),
+    "vision_tower": FloatScope(operation_types=("Convolution",)),
+}
 
 
 def output_matmul(model: ov.Model, output: str) -> str:
@@ -67,23 +83,20 @@ def output_matmul(model: ov.Model, output: str) -> str:
     return node.get_friendly_name()
 
 
-def quantize(
-    model: ov.Model, samples: list[Any], float_operations: Sequence[str], float_outputs: Sequence[str] = ()
-) -> ov.Model:
+def quantize(model: ov.Model, samples: list[Any], float_scope: FloatScope) -> ov.Model:
     """NNCF post-training quantization (INT8 weights and activations) calibrated on ``samples``.
 
-    Operations of the types ``float_operations`` keep floating-point inputs, as do the MatMuls that
-    compute ``float_outputs``; those get INT8 weights only.
+    What ``float_scope`` names keeps floating-point activations and gets INT8 weights only.
     """
     import nncf
 
-    names = [output_matmul(model, output) for output in float_outputs]
+    names = [output_matmul(model, output) for output in float_scope.outputs]
     quantized = nncf.quantize(
         model,
         nncf.Dataset(samples),
         subset_size=len(samples),
         model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(names=names, types=list(float_operations)),
+        ignored_scope=nncf.IgnoredScope(names=names, types=list(float_scope.operation_types)),
     )
     # NNCF's quantization leaves an ignored MatMul's weights as they were (fp16)
     return nncf.compress_weights(quantized, mode=nncf.CompressWeightsMode.INT8_ASYM) if names else quantized
