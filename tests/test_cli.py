@@ -127,9 +127,12 @@ def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Pa
     inferred = _run(
         str(BIN / "anomalib-genau"),
         *("infer", "exported_cli", str(images), "--property", "INFERENCE_NUM_THREADS=1"),
+        *("--category", "carpet", "--no-defect-type"),
         cwd=tmp_path,
     )
-    assert len(inferred.stdout.strip().splitlines()) == len(list(images.glob("*.png")))
+    records = [json.loads(line) for line in inferred.stdout.strip().splitlines()]
+    assert len(records) == len(list(images.glob("*.png")))
+    assert all(record["pred_defect_type"] is None for record in records)  # carpet's type was not asked
 
 
 def test_export_takes_quantization_images_with_int8_ptq_only(tmp_path: Path) -> None:

@@ -242,6 +242,27 @@ def test_a_batch_answers_each_image_as_alone(f32_export: Path, images: list[Path
         assert (shared.explanation, shared.pred_defect_type) == (single.explanation, single.pred_defect_type)
 
 
+def test_without_the_type_question_the_other_answers_are_the_same(f32_export: Path, images: list[Path]) -> None:
+    """``defect_type=False`` drops the type question and nothing else: one decoder pass fewer per part."""
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    passes = []
+    answer = inferencer._infer
+    inferencer._infer = lambda embeds, *args: passes.append(embeds.shape[1]) or answer(embeds, *args)
+    for image in images[:2]:
+        passes.clear()
+        both = inferencer.predict(image, category="carpet")
+        asked = list(passes)
+        passes.clear()
+        binary = inferencer.predict(image, category="carpet", defect_type=False)
+        assert binary.pred_defect_type is None and both.pred_defect_type is not None
+        assert (binary.explanation, binary.pred_label) == (both.explanation, both.pred_label)
+        assert abs(binary.pred_score - both.pred_score) < 1e-5
+        assert np.abs(binary.anomaly_map - both.anomaly_map).max() < 1e-4
+        # the binary prompt in one pass instead of the shared part and its own; no type prompt, no options
+        assert len(passes) < len(asked) - 2
+        assert sum(passes) < sum(asked)
+
+
 def test_openvino_properties_given_compile_every_graph(f32_export: Path, images: list[Path]) -> None:
     """``config`` reaches every compiled graph; one thread answers as two do."""
     default = GenAUOpenVINOInferencer(f32_export)

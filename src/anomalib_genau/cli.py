@@ -154,7 +154,7 @@ def infer(args: argparse.Namespace) -> None:
     failed = 0
     for path in paths:
         try:
-            prediction = inferencer.predict(path, category=args.category, dataset=args.dataset)
+            prediction = inferencer.predict(path, args.category, args.dataset, defect_type=args.defect_type)
         except (BrokenImageError, ValueError) as error:  # one bad image does not stop a production line
             print(json.dumps({"image_path": str(path), "error": str(error)}))
             failed += 1
@@ -280,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--category", help="product in the prompt; its defect type is asked when the taxonomy has it"
     )
     inference.add_argument("--dataset", choices=DATASETS, default="MVTecAD", help="taxonomy of --category")
+    inference.add_argument(
+        "--no-defect-type",
+        dest="defect_type",
+        action="store_false",
+        help="leave the type question out: the same label, score, map and answer, sooner",
+    )
     inference.add_argument("--precision", choices=PRECISIONS, default="f32")
     inference.add_argument("--masks", type=Path, help="folder for the predicted masks (PNG)")
     inference.add_argument(
