@@ -243,7 +243,7 @@ def test_a_batch_answers_each_image_as_alone(f32_export: Path, images: list[Path
 
 
 def test_without_the_type_question_the_other_answers_are_the_same(f32_export: Path, images: list[Path]) -> None:
-    """``defect_type=False`` drops the type question and nothing else: one decoder pass fewer per part."""
+    """``defect_type=False`` drops the type question's decoder passes and changes no other answer."""
     inferencer = GenAUOpenVINOInferencer(f32_export)
     passes = []
     answer = inferencer._infer
