@@ -106,7 +106,8 @@ def test_decoder_keeps_its_cache_in_fused_states(trained_module: GenAU, f32_expo
     """No KV-cache inputs or outputs; the CPU plugin fuses each layer's state with its attention."""
     inferencer = GenAUOpenVINOInferencer(f32_export)
     decoder = inferencer.language_model
-    assert {port.any_name for port in decoder.inputs} == {"inputs_embeds", "attention_mask", "position_ids", "beam_idx"}
+    inputs = {"inputs_embeds", "attention_mask", "position_ids", "beam_idx", "logits_positions"}
+    assert {port.any_name for port in decoder.inputs} == inputs
     assert {port.any_name for port in decoder.outputs} == {"logits", "hidden"}
     layers = trained_module.model.llava.config.text_config.num_hidden_layers
     assert len(inferencer.decoder_request.query_state()) == 2 * layers
@@ -114,7 +115,7 @@ def test_decoder_keeps_its_cache_in_fused_states(trained_module: GenAU, f32_expo
     # fused: one attention node per layer reading the cache, no separate softmax or attention matmuls
     assert runtime.count("ScaledDotProductAttention") == layers
     assert "Softmax" not in runtime and "MatMul" not in runtime
-    # float masks: the fused attention is ~3x slower on a boolean one
+    # the float mask given: the fused attention is ~3x slower on a boolean one
     graph = ov.Core().read_model(f32_export / "language_model.xml")
     masks = [node.input_value(3) for node in graph.get_ops() if node.get_type_name() == "ScaledDotProductAttention"]
     assert len(masks) == layers
@@ -210,8 +211,11 @@ def test_a_visual_token_budget_is_exported_with_its_model(
 
 
 def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: list[Path]) -> None:
-    """The type question continues the binary one's cached prefix and answers as if prefilled alone."""
+    """Both questions' prompts go through one decoder pass, their beginning once; each is answered as if alone."""
     inferencer = GenAUOpenVINOInferencer(f32_export)
+    passes = []
+    infer = inferencer._infer
+    inferencer._infer = lambda embeds, *args: passes.append(embeds.shape[1]) or infer(embeds, *args)
     pixels = inferencer.prepare(images[0])
     questions = [prompts.instruction("carpet"), prompts.type_instruction("carpet", ["hole", "cut", "color"])]
     image_features, _ = inferencer.see(pixels)
@@ -220,6 +224,8 @@ def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: li
     image_tokens = int((prompt_ids[0] == inferencer.codec.image_token_id).sum())
     assert image_tokens == len(image_features) < shared < min(ids.shape[1] for ids in prompt_ids)
     together = inferencer._decode(prompt_ids, [image_features])
+    assert passes[0] == sum(ids.shape[1] for ids in prompt_ids) - shared  # one prefill pass, shared part once
+    assert all(length <= 2 for length in passes[1:])  # then decoding steps only
     alone = [inferencer._decode([ids], [image_features])[0] for ids in prompt_ids]
     for shared_result, alone_result in zip(together, alone, strict=True):
         assert torch.equal(shared_result.tokens, alone_result.tokens)
@@ -258,8 +264,8 @@ def test_without_the_type_question_the_other_answers_are_the_same(f32_export: Pa
         assert (binary.explanation, binary.pred_label) == (both.explanation, both.pred_label)
         assert abs(binary.pred_score - both.pred_score) < 1e-5
         assert np.abs(binary.anomaly_map - both.anomaly_map).max() < 1e-4
-        # the binary prompt in one pass instead of the shared part and its own; no type prompt, no options
-        assert len(passes) < len(asked) - 2
+        # no type prompt in the prefill, no type answer after it
+        assert passes[0] < asked[0] and len(passes) < len(asked)
         assert sum(passes) < sum(asked)
 
 
@@ -335,9 +341,10 @@ def test_quantization_captures_the_inputs_the_inferencer_feeds_the_graphs(
     seg_embeds = inferencer.embeddings([np.array([[seg_ids.defect, seg_ids.normal]])])[0]
     assert np.abs(sample["inputs_embeds"][:, -2:] - seg_embeds).max() < 1e-5
     total = embeds.shape[1]
-    assert np.array_equal(sample["attention_mask"], np.ones((1, total)))
+    causal = np.where(np.tril(np.ones((total, total), dtype=bool)), 0, np.finfo(np.float32).min)
+    assert np.array_equal(sample["attention_mask"], causal[None, None])
     assert np.array_equal(sample["position_ids"], np.arange(total)[None])
-    assert np.array_equal(sample["beam_idx"], [0])
+    assert np.array_equal(sample["beam_idx"], [0]) and np.array_equal(sample["logits_positions"], [total - 1])
     with pytest.raises(ValueError, match="at least one quantization image"):
         quantization_samples(trained_module.model, [])
 
@@ -515,8 +522,11 @@ def test_types_by_likelihood_score_the_options_as_torch(
         pixels = inferencer.prepare(path)
         image_features, _ = inferencer.see(pixels)
         prompt_ids = inferencer.codec.prompts([question], [len(image_features)]).input_ids
-        logits, length = next(inferencer._prefilled([prompt_ids], [image_features]))
-        (scores,) = inferencer._option_log_likelihoods(logits, length, option_ids)
+        (scores,) = inferencer._prefill([prompt_ids], [image_features], option_ids).option_scores
+        # after the binary prompt in the same pass, which the options do not read: the same scores
+        binary_ids = inferencer.codec.prompts([prompts.instruction("carpet")], [len(image_features)]).input_ids
+        both = inferencer._prefill([binary_ids, prompt_ids], [image_features], option_ids).option_scores
+        np.testing.assert_allclose(both[0], scores, atol=1e-4)
         with torch.no_grad():
             vision = module.model.see(pixels[None])
             prefill = module.model.prefill_inputs(module.model.prompts(vision, [question]), vision)

@@ -286,45 +286,43 @@ def cache_names(layers: int, prefix: str) -> list[str]:
 
 
 def _convert_decoder(model: torch.nn.Module, embeds: torch.Tensor) -> ov.Model:
-    """The stateful decoder graph, traced with a batch of 2 and a non-empty past so no dimension is specialised."""
+    """The stateful decoder graph, traced on distinct sizes and a non-empty past so no dimension is specialised."""
     text = model.llava.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    layers, length, past = text.num_hidden_layers, 3, 2
-    embeds = embeds[:, :length].expand(2, -1, -1).contiguous()
+    layers, batch, length, past, kept = text.num_hidden_layers, 2, 4, 2, 3
+    embeds = embeds[:, :length].expand(batch, -1, -1).contiguous()
     # distinct tensors: torch.export would alias one tensor passed twice
-    caches = [torch.zeros(2, text.num_key_value_heads, past, head_dim) for _ in range(2 * layers)]
+    caches = [torch.zeros(batch, text.num_key_value_heads, past, head_dim) for _ in range(2 * layers)]
     auto = Dim.AUTO
     graph = _convert(
         DecoderGraph(model),
         (
             embeds,
-            torch.ones(2, past + length, dtype=torch.long),
-            torch.arange(past, past + length).expand(2, -1),
-            torch.arange(2),
+            torch.zeros(batch, 1, length, past + length),
+            torch.arange(past, past + length).expand(batch, -1),
+            torch.arange(batch),
+            torch.arange(length - kept, length),
             caches,
         ),
-        ["inputs_embeds", "attention_mask", "position_ids", "beam_idx", *cache_names(layers, "past")],
-        ({0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto}, [{0: auto, 2: auto}] * len(caches)),
+        [
+            "inputs_embeds",
+            "attention_mask",
+            "position_ids",
+            "beam_idx",
+            "logits_positions",
+            *cache_names(layers, "past"),
+        ],
+        (
+            {0: auto, 1: auto},
+            {0: auto, 2: auto, 3: auto},
+            {0: auto, 1: auto},
+            {0: auto},
+            {0: auto},
+            [{0: auto, 2: auto}] * len(caches),
+        ),
     )
     _name_outputs(graph, ["logits", "hidden", *cache_names(layers, "present")])
-    additive_attention_masks(graph)
     return make_stateful(graph, layers, text.num_key_value_heads, head_dim)
-
-
-def additive_attention_masks(graph: ov.Model) -> None:
-    """Give every attention a float mask (0, or the float minimum where masked) for transformers' boolean one.
-
-    OpenVINO's CPU plugin runs its fused cached attention several times slower on a boolean mask
-    (measured in benchmarks/RESULTS.md, "OpenVINO attention masks").
-    """
-    for node in graph.get_ordered_ops():
-        if node.get_type_name() != "ScaledDotProductAttention" or node.get_input_size() < 4:
-            continue
-        mask = node.input_value(3)
-        if mask.get_element_type() == ov.Type.boolean:
-            additive = ops.select(mask, ops.constant(np.float32(0)), ops.constant(np.finfo(np.float32).min))
-            node.input(3).replace_source_output(additive.output(0))
-    graph.validate_nodes_and_infer_types()
 
 
 def make_stateful(graph: ov.Model, layers: int, kv_heads: int, head_dim: int) -> ov.Model:

@@ -89,12 +89,13 @@ class _ExportedCacheLayer(DynamicLayer):
 class DecoderGraph(nn.Module):
     """One cached decoder pass: the prefill (empty past) or a decoding step.
 
-    Inputs: ``inputs_embeds (B, L, D)``, ``attention_mask (B, T + L)``, ``position_ids (B, L)``,
-    ``beam_idx (B,)`` (the past row each row continues: ``arange(B)`` for greedy decoding) and
+    Inputs: ``inputs_embeds (B, L, D)``, ``attention_mask (B, 1, L, T + L)`` (additive: 0 where a
+    new token reads a position, the float minimum elsewhere; ``prompt_tree``), ``position_ids
+    (B, L)``, ``beam_idx (B,)`` (the past row each row continues: ``arange(B)``),
+    ``logits_positions (K,)`` (the new positions whose next-token logits are returned) and
     ``past``: per layer its keys, then its values, ``(B, kv_heads, T, head_dim)``.
-    Outputs: ``logits (B, V)`` of the last position, ``hidden (B, L, D)`` (final layer, after the
-    norm) of every new position (a decoding step feeds one token, or the two segmentation tokens
-    together), then per layer the present keys and values ``(B, kv_heads, T + L, head_dim)``.
+    Outputs: ``logits (B, K, V)``, ``hidden (B, L, D)`` (final layer, after the norm) of every new
+    position, then per layer the present keys and values ``(B, kv_heads, T + L, head_dim)``.
 
     The export turns each past/present pair into an OpenVINO state. Reading the past through
     ``beam_idx`` is the pattern with which OpenVINO's CPU plugin fuses the state, the cache
@@ -112,6 +113,7 @@ class DecoderGraph(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         beam_idx: torch.Tensor,
+        logits_positions: torch.Tensor,
         past: list[torch.Tensor],
     ) -> tuple[torch.Tensor, ...]:
         """Run the decoder over the new positions against the past keys and values."""
@@ -129,7 +131,7 @@ class DecoderGraph(nn.Module):
         )
         hidden = output.last_hidden_state
         present = [states for layer in cache.layers for states in (layer.keys, layer.values)]
-        return llava.lm_head(hidden[:, -1]), hidden, *present
+        return llava.lm_head(hidden.index_select(1, logits_positions)), hidden, *present
 
 
 class ReadoutGraph(nn.Module):

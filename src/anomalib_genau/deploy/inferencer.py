@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,7 @@ from anomalib_genau.models.genau.checkpoint import LEGACY_ARCHITECTURE, differin
 from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_decode
 from anomalib_genau.taxonomy import DATASET_KEYS, object_name, product_candidates
 
+from .decoder_inputs import PromptTree, decoder_inputs, step_mask
 from .manifest import FORMAT_VERSION, MANIFEST, PRECISIONS, RT_INFO_KEY, size_name
 from .memory import drop_mapped_pages
 
@@ -41,6 +42,37 @@ logger = logging.getLogger(__name__)
 # One image's vision pass (:meth:`GenAUOpenVINOInferencer.see`): the decoder's image features
 # ``(T, D)`` and the readout's stage features ``(S, P, N, C)``.
 Vision = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Question:
+    """A question's prompt in the decoder's cache after :meth:`GenAUOpenVINOInferencer._prefill`.
+
+    Attributes:
+        visible: ``(T,)`` bool over the prefill's positions: the ones its answer reads (its prompt's).
+        length: Its prompt's tokens, the position of its first answer token.
+        logits: ``(B, V)`` next-token logits after its prompt.
+
+    """
+
+    visible: np.ndarray
+    length: int
+    logits: torch.Tensor
+
+
+@dataclass
+class Prefill:
+    """The prompts of one decoder pass.
+
+    Attributes:
+        questions: Each prompt's :class:`Question`, in order.
+        option_scores: ``(B, K)`` summed log-probabilities of each option's tokens after the last
+            prompt (``K`` is 0 without options).
+
+    """
+
+    questions: list[Question]
+    option_scores: np.ndarray
 
 
 class ExportError(ValueError):
@@ -129,8 +161,10 @@ class GenAUOpenVINOInferencer:
         self.embeddings = self._load(files["embeddings"])
         self.language_model = self._load(files["language_model"])
         token = np.zeros((1, 1), dtype=np.int64)
-        self._settle(self.language_model, decoder_inputs(self.embeddings([token])[0], np.ones_like(token), token))
+        mask = step_mask(np.zeros((1, 0), dtype=bool), np.ones((1, 1), dtype=bool))
+        self._settle(self.language_model, decoder_inputs(self.embeddings([token])[0], mask, token, np.zeros(1)))
         self.decoder_request = self.language_model.create_infer_request()  # holds the KV-cache states
+        self.cache_length = 0  # the positions in the decoder's states
         self.vision_tower = self._load(files["vision_tower"])
         tile = self.manifest["tile_size"]
         self._settle(self.vision_tower, [np.zeros((1, 3, tile, tile), dtype=np.float32)])
@@ -315,11 +349,12 @@ class GenAUOpenVINOInferencer:
             questions.append(prompts.type_instruction(name, candidates))
         image_features, stage_features = zip(*(self.see(image) for image in pixels), strict=True)
         prompt_ids = [self.codec.prompts([question], [len(image_features[0])]).input_ids for question in questions]
-        prefilled = self._prefilled(prompt_ids, list(image_features))
-        decoded = self._greedy(*next(prefilled))
+        options = self.codec.type_options(candidates) if candidates and self.type_mode == "likelihood" else []
+        prefill = self._prefill(prompt_ids, list(image_features), self.codec.option_ids(options))
+        decoded = self._greedy(prefill.questions[0])
         log_odds = self.codec.log_odds(decoded.first_logits).numpy()
         anchors = decoded.anchors.numpy()
-        defect_types = self._defect_types(*next(prefilled), candidates) if candidates else [None] * len(pixels)
+        defect_types = self._defect_types(prefill, candidates, options) if candidates else [None] * len(pixels)
         answers = self.codec.texts(decoded.answer_tokens)
         predictions = []
         for index, stages in enumerate(stage_features):
@@ -343,17 +378,16 @@ class GenAUOpenVINOInferencer:
         """How the type question is answered: the checkpoint's ``defect_type_mode`` (``"generate"`` if unset)."""
         return self.manifest["configuration"].get("defect_type_mode") or "generate"
 
-    def _defect_types(self, logits: torch.Tensor, length: int, candidates: list[str]) -> list[list[str]]:
-        """Each image's types after the type question's prompt (its last ``logits (B, V)``), by :attr:`type_mode`.
+    def _defect_types(self, prefill: Prefill, candidates: list[str], options: list[list[str]]) -> list[list[str]]:
+        """Each image's types after the type question's prompt (the prefill's last), by :attr:`type_mode`.
 
-        ``"generate"``: the greedy answer, mapped by the paper's parser; ``"likelihood"``: the
-        option (normal, or one candidate) whose answer text is likeliest, with no free generation.
+        ``"likelihood"``: the option (normal, or one candidate) whose answer text is likeliest, as
+        the prefill scored ``options``, with no free generation; ``"generate"``: the greedy answer,
+        mapped by the paper's parser.
         """
-        if self.type_mode == "likelihood":
-            options = self.codec.type_options(candidates)
-            scores = self._option_log_likelihoods(logits, length, self.codec.option_ids(options))
-            return [options[int(best)] for best in scores.argmax(axis=1)]
-        answers = self.codec.texts(self._greedy(logits, length).answer_tokens)
+        if options:
+            return [options[int(best)] for best in prefill.option_scores.argmax(axis=1)]
+        answers = self.codec.texts(self._greedy(prefill.questions[-1]).answer_tokens)
         return [self.codec.defect_types(answer, candidates).types for answer in answers]
 
     def ask(
@@ -429,118 +463,87 @@ class GenAUOpenVINOInferencer:
 
         ``on_tokens`` sees the ids each decoding step feeds (see :meth:`ask`).
         """
-        return [
-            self._greedy(logits, length, max_new_tokens, on_tokens)
-            for logits, length in self._prefilled(prompt_ids, image_features)
-        ]
+        prefill = self._prefill(prompt_ids, image_features)
+        return [self._greedy(question, max_new_tokens, on_tokens) for question in prefill.questions]
 
-    def _prefilled(
-        self, prompt_ids: list[torch.Tensor], image_features: list[np.ndarray]
-    ) -> Iterator[tuple[torch.Tensor, int]]:
-        """Prefill each prompt in turn on the decoder's states; yields its last ``logits (B, V)`` and its length.
+    def _prefill(
+        self, prompt_ids: list[torch.Tensor], image_features: list[np.ndarray], options: Sequence[list[int]] = ()
+    ) -> Prefill:
+        """Feed the prompts, and the options after the last one, to an empty cache in one decoder pass.
 
         Each prompt (``(1, L)`` ids) is asked about each of the ``B`` images (``(T, D)`` features
-        each, the same ``T``), as one batch of the decoder. Several prompts share their beginning
-        (the system turn and the image's tokens): it is prefilled once, its KV cache read out of
-        the decoder's states and put back before each prompt's own tokens. Whatever the caller
-        feeds after a prompt (an answer) is dropped with the states when the next prompt is
-        prefilled.
+        each, the same ``T``), as one batch of the decoder. The prompts share their beginning (the
+        system turn and the image's tokens): it is fed once, then each prompt's own tokens, then
+        each option's ids but its last, as a :class:`PromptTree`: every part reads what it
+        continues and not its siblings, so each prompt is answered as if prefilled alone, and
+        each option is scored as if fed after the last prompt alone.
         """
-        request = self.decoder_request
-        request.reset_state()  # an empty KV cache
-        embeds = [np.concatenate([self._embed(ids, features) for features in image_features]) for ids in prompt_ids]
+        self.decoder_request.reset_state()
+        self.cache_length = 0
         batch = len(image_features)
+        embeds = [np.concatenate([self._embed(ids, features) for features in image_features]) for ids in prompt_ids]
         shared = shared_prefix_length(prompt_ids) if len(prompt_ids) > 1 else 0
-        if shared:
-            positions = np.tile(np.arange(shared), (batch, 1))
-            self._infer(embeds[0][:, :shared], np.ones((batch, shared), dtype=np.int64), positions)
-            prefix = self._saved_states()
-        for ids, prompt_embeds in zip(prompt_ids, embeds, strict=True):
-            if shared:
-                self._restore_states(prefix)
-            length = ids.shape[1]
-            positions = np.tile(np.arange(shared, length), (batch, 1))
-            logits, _ = self._infer(prompt_embeds[:, shared:], np.ones((batch, length), dtype=np.int64), positions)
-            yield logits, length
+        tree = PromptTree()
+        root = tree.add(shared)
+        branches = [tree.add(ids.shape[1] - shared, root) for ids in prompt_ids]
+        scored = [tree.add(len(option) - 1, branches[-1]) for option in options]
+        parts = [embeds[0][:, :shared], *(prompt_embeds[:, shared:] for prompt_embeds in embeds)]
+        option_tokens = [token for option in options for token in option[:-1]]
+        if option_tokens:
+            parts.append(self.embeddings([np.tile(np.array([option_tokens], dtype=np.int64), (batch, 1))])[0])
+        read = [tree.indices(prompt)[-1] for prompt in branches] + [i for part in scored for i in tree.indices(part)]
+        positions = np.tile(tree.positions(), (batch, 1))
+        logits, _ = self._infer(np.concatenate(parts, axis=1), tree.mask(batch), positions, np.array(read))
+        questions = [
+            Question(tree.visible(prompt), ids.shape[1], logits[:, index])
+            for index, (prompt, ids) in enumerate(zip(branches, prompt_ids, strict=True))
+        ]
+        return Prefill(questions, option_scores(logits[:, len(branches) - 1 :], options))
 
     def _greedy(
         self,
-        logits: torch.Tensor,
-        length: int,
+        question: Question,
         max_new_tokens: int | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> DecodeResult:
-        """The greedy answers after prompts of ``length`` tokens whose last ``logits (B, V)`` are given."""
-        batch = logits.shape[0]
+        """The greedy answers to a prefilled question, appended to the cache after what it holds now."""
+        batch = question.logits.shape[0]
+        step = partial(self._step, question, self.cache_length)
         return greedy_anchor_decode(
-            logits,
-            self._step if on_tokens is None else partial(self._reported_step, on_tokens),
-            torch.ones(batch, length, dtype=torch.long),
-            torch.full((batch,), length - 1),
+            question.logits,
+            step if on_tokens is None else partial(reported_step, on_tokens, step),
+            torch.ones(batch, question.length, dtype=torch.long),
+            torch.full((batch,), question.length - 1),
             self.codec.seg_ids,
             self.codec.banned_ids,
             self.codec.pad_id,
             max_new_tokens or self.manifest["max_new_tokens"],
         )
 
-    def _option_log_likelihoods(self, logits: torch.Tensor, length: int, options: list[list[int]]) -> np.ndarray:
-        """``(B, K)`` summed log-probabilities of each option's token ids after prompts of ``length`` tokens.
-
-        The export's decoder returns the last position's logits only, so the options' tokens are
-        fed one decoding step at a time, all options at once: the first step copies each image's
-        prompt cache into one row per option (``beam_idx``), and options shorter than the longest
-        feed padding whose logits are not read. Steps: the longest option's length less one, not
-        the sum over options (as the torch model's ``option_log_likelihoods`` scores them against
-        its shared cache).
-        """
-        batch, count = logits.shape[0], len(options)
-        first = logits.float().log_softmax(dim=-1)
-        scores = np.stack([first[:, option[0]].numpy() for option in options], axis=1)
-        longest = max(len(option) for option in options)
-        ids = torch.tensor([option + [self.codec.pad_id] * (longest - len(option)) for option in options])
-        rows = batch * count  # row b * count + k: option k after image b's prompt
-        beams = np.repeat(np.arange(batch), count)
-        for offset in range(longest - 1):
-            position = length + offset
-            step_logits, _ = self._step(
-                ids[:, offset].repeat(batch)[:, None],
-                torch.ones(rows, position + 1, dtype=torch.long),
-                torch.full((rows, 1), position),
-                beams,
-            )
-            beams = np.arange(rows)
-            log_probs = step_logits.float().log_softmax(dim=-1).reshape(batch, count, -1)
-            for index, option in enumerate(options):
-                if offset + 1 < len(option):
-                    scores[:, index] += log_probs[:, index, option[offset + 1]].numpy()
-        return scores
-
-    def _saved_states(self) -> list[np.ndarray]:
-        """Copies of the decoder's KV-cache states."""
-        return [state.state.data.copy() for state in self.decoder_request.query_state()]
-
-    def _restore_states(self, saved: list[np.ndarray]) -> None:
-        """Put :meth:`_saved_states` back into the decoder."""
-        for state, data in zip(self.decoder_request.query_state(), saved, strict=True):
-            state.state = ov.Tensor(data)
-
     def _step(
-        self,
-        ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        positions: torch.Tensor,
-        beam_idx: np.ndarray | None = None,
+        self, question: Question, start: int, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoding step: feed ``ids (B, K)`` at ``positions (B, K)`` (``beam_idx`` as in :meth:`_infer`)."""
-        fed = self.embeddings([ids.numpy()])[0]
-        return self._infer(fed, attention_mask.numpy(), positions.numpy(), beam_idx)
+        """One decoding step of ``question``'s answer: feed ``ids (B, K)`` at ``positions (B, K)``.
 
-    def _reported_step(
-        self, on_tokens: Callable[[list[int]], None], ids: torch.Tensor, *args: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_step`, after showing ``on_tokens`` the ids it feeds."""
-        on_tokens(ids[0].tolist())
-        return self._step(ids, *args)
+        ``attention_mask (B, L + A + K)`` is the greedy loop's: the prompt, the ``A`` answer tokens
+        fed so far and the ``K`` fed now. The cache holds the whole prefill, the answers decoded
+        before this one (from ``start``) and this answer's tokens: the step reads the prompt's
+        positions and this answer's tokens only.
+        """
+        count = ids.shape[1]
+        answer = attention_mask[:, question.length :].numpy().astype(bool)
+        batch, prefilled = len(answer), len(question.visible)
+        past = np.concatenate(
+            [
+                np.broadcast_to(question.visible, (batch, prefilled)),
+                np.zeros((batch, start - prefilled), dtype=bool),
+                answer[:, :-count],
+            ],
+            axis=1,
+        )
+        fed = self.embeddings([ids.numpy()])[0]
+        logits, hidden = self._infer(fed, step_mask(past, answer[:, -count:]), positions.numpy(), np.array([count - 1]))
+        return logits[:, -1], hidden
 
     def _embed(self, input_ids: torch.Tensor, image_features: np.ndarray) -> np.ndarray:
         """``(1, L, D)`` prompt embeddings with the image's features at its image tokens."""
@@ -553,30 +556,39 @@ class GenAUOpenVINOInferencer:
         return embeds
 
     def _infer(
-        self,
-        embeds: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
-        beam_idx: np.ndarray | None = None,
+        self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, logits_positions: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder pass on the states' cache: ``logits (B, V)``, ``hidden (B, L, D)`` (``decoder_inputs``)."""
-        outputs = self.decoder_request.infer(decoder_inputs(embeds, attention_mask, position_ids, beam_idx))
+        """One decoder pass on the states' cache (``decoder_inputs``): ``logits (B, K, V)``, ``hidden (B, L, D)``."""
+        outputs = self.decoder_request.infer(decoder_inputs(embeds, attention_mask, position_ids, logits_positions))
+        self.cache_length += embeds.shape[1]
         return torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["hidden"])
 
 
-def decoder_inputs(
-    embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, beam_idx: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """The decoder graph's inputs for ``embeds (B, L, D)``.
+def reported_step(
+    on_tokens: Callable[[list[int]], None],
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    ids: torch.Tensor,
+    *args: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoding ``step``, after showing ``on_tokens`` the ids it feeds (the first image's)."""
+    on_tokens(ids[0].tolist())
+    return step(ids, *args)
 
-    ``beam_idx (B,)``: the cached row each row continues (default: its own).
+
+def option_scores(logits: torch.Tensor, options: Sequence[list[int]]) -> np.ndarray:
+    """``(B, K)`` summed log-probabilities of each option's ids.
+
+    ``logits``: ``(B, 1 + R, V)``, after the prompt, then after each option's ids but
+    its last, option by option (``R`` the sum of their lengths less one).
     """
-    return {
-        "inputs_embeds": embeds,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-        "beam_idx": np.arange(embeds.shape[0], dtype=np.int64) if beam_idx is None else beam_idx,
-    }
+    log_probs = logits.float().log_softmax(dim=-1)
+    scores, row = [], 1
+    for option in options:
+        rows = [0, *range(row, row + len(option) - 1)]
+        ids = torch.tensor(option).expand(len(log_probs), -1)[..., None]
+        scores.append(log_probs[:, rows].gather(2, ids).sum(dim=(1, 2)))
+        row += len(option) - 1
+    return torch.stack(scores, dim=1).numpy() if scores else np.zeros((len(log_probs), 0), dtype=np.float32)
 
 
 def shared_prefix_length(prompt_ids: list[torch.Tensor]) -> int:

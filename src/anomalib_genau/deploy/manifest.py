@@ -15,7 +15,7 @@ MANIFEST = "genau.json"
 # 2: the decoder keeps its KV cache in OpenVINO states; 3: it returns every new position's hidden
 # state; 4: token ids come from the saved processor (the dialogue codec), image_features graphs;
 # 5: the decoder's context length (max_positions), which bounds a free question
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 # where each graph's rt_info holds the export's configuration id
 RT_INFO_KEY = ["genau", "config_id"]
 

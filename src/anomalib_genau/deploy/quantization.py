@@ -33,6 +33,8 @@ import torch
 from anomalib_genau.choices import QUANTIZED_GRAPHS
 from anomalib_genau.models.genau.torch_model import GenAUModel
 
+from .decoder_inputs import decoder_inputs, step_mask
+
 
 def compress_weights(model: ov.Model, weights: str, language: bool) -> ov.Model:
     """NNCF weight compression: INT8 (asymmetric, per channel) or INT4 (symmetric, groups of 64).
@@ -118,16 +120,17 @@ def quantization_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor,
     llava = model.llava
     samples: list[dict[str, Any]] = []
 
-    def decoder_inputs(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def capture(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         del args
-        embeds = kwargs["inputs_embeds"]
+        embeds = kwargs["inputs_embeds"].float().numpy()
+        attention_mask = kwargs["attention_mask"].bool().numpy()
         samples.append(
-            {
-                "inputs_embeds": embeds.float().numpy(),
-                "attention_mask": kwargs["attention_mask"].long().numpy(),
-                "position_ids": kwargs["position_ids"].long().numpy(),
-                "beam_idx": np.zeros(len(embeds), dtype=np.int64),
-            }
+            decoder_inputs(
+                embeds,
+                step_mask(np.zeros((len(embeds), 0), dtype=bool), attention_mask),
+                kwargs["position_ids"].long().numpy(),
+                np.array([embeds.shape[1] - 1]),
+            )
         )
         raise _PrefillCaptured
 
@@ -141,7 +144,7 @@ def quantization_samples(model: GenAUModel, images: Iterable[tuple[torch.Tensor,
             attention_mask = torch.cat([prompts.attention_mask, torch.ones_like(answer)], dim=1)
             inputs = {**model.prefill_inputs(prompts, vision), "input_ids": input_ids}
             inputs |= {"attention_mask": attention_mask, "position_ids": model.position_ids(attention_mask)}
-            hook = llava.model.language_model.register_forward_pre_hook(decoder_inputs, with_kwargs=True)
+            hook = llava.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
             try:
                 with contextlib.suppress(_PrefillCaptured):
                     llava(**inputs, use_cache=True, logits_to_keep=1)
