@@ -27,7 +27,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from anomalib_genau.prompts import NORMAL_RESPONSES, PROMPT_TEMPLATES
+from anomalib_genau.prompts import NORMAL_RESPONSES, PROMPT_TEMPLATES, answer, type_instruction
 from anomalib_genau.taxonomy import load_taxonomy
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
@@ -114,6 +114,19 @@ def _tokenizer_corpus() -> list[str]:
     return sentences + ["user assistant system You are a helpful assistant."] * 4
 
 
+def _dialogue_corpus() -> list[str]:
+    """Every product's type question and defect answers, so that a large vocabulary holds their words whole."""
+    sentences = []
+    for products in load_taxonomy().values():
+        for product, defects in products.items():
+            types = sorted(
+                {c for coarse in defects.values() for c in ([coarse] if isinstance(coarse, str) else coarse)}
+            )
+            sentences.append(type_instruction(product.replace("_", " "), types))
+            sentences += [answer(product.replace("_", " "), [name]) for name in types]
+    return sentences
+
+
 def build_tiny_tokenizer(vocab_size: int = 512, extra_corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer offline, with Qwen's special tokens and chat template.
 
@@ -158,15 +171,21 @@ class BackboneSize:
     max_tiles_per_side: int
     vocab_rows: int | None  # embedding rows; None: exactly the tokenizer's length
     initializer_range: float
+    # False: 512 entries, most words in pieces; True: every word of GenAU's dialogues whole, as
+    # Qwen2's 151,646-entry tokenizer holds common English words, so that prompts and answers
+    # take as many tokens as with the real tokenizer (the real sizes' timings)
+    whole_words: bool = False
 
 
+# Larger than the corpus's words and pieces: every word whole (see ``BackboneSize.whole_words``).
+WHOLE_WORDS_VOCAB = 8192
 # About 0.7 M parameters. initializer_range = 1/sqrt(hidden): logits of a random 128-wide model
 # can then reach the magnitudes a trained one has; Qwen2's 0.02 (made for 896+ wide models)
 # caps them near 2.5 and the tiny decoder barely learns.
 TINY = BackboneSize(112, 8, 64, 128, 6, 2, 128, 256, 2, 4, 2, 3, None, 128**-0.5)
 # The architecture of llava-hf/llava-onevision-qwen2-0.5b-ov-hf (SigLIP-so400m with 26 layers,
 # Qwen2-0.5B), for size and speed measurements with random weights.
-QWEN2_0_5B = BackboneSize(384, 14, 1152, 4304, 26, 16, 896, 4864, 24, 14, 2, 6, 151936, 0.02)
+QWEN2_0_5B = BackboneSize(384, 14, 1152, 4304, 26, 16, 896, 4864, 24, 14, 2, 6, 151936, 0.02, whole_words=True)
 # The sizes the benchmarks take by name (``--size``).
 BACKBONE_SIZES = {"tiny": TINY, "qwen2-0.5b": QWEN2_0_5B}
 
@@ -192,7 +211,10 @@ def build_random_backbone(directory: str | Path, size: BackboneSize = TINY, seed
         The directory, ready for :func:`load_backbone`.
 
     """
-    model, processor = random_backbone(size, build_tiny_tokenizer(), seed)
+    tokenizer = (
+        build_tiny_tokenizer(WHOLE_WORDS_VOCAB, _dialogue_corpus()) if size.whole_words else build_tiny_tokenizer()
+    )
+    model, processor = random_backbone(size, tokenizer, seed)
     return save_backbone(model, processor, directory)
 
 
