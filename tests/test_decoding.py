@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from anomalib_genau.dialogue import TokenPair
-from anomalib_genau.models.genau.decoding import DecodeResult, anchor_states, greedy_anchor_decode, next_tokens
+from anomalib_genau.models.genau.decoding import (
+    DecodeResult,
+    Draft,
+    anchor_states,
+    drafted_decode,
+    greedy_anchor_decode,
+    next_tokens,
+)
 from anomalib_genau.models.genau.torch_decoding import decode_with_anchors
 from anomalib_genau.models.genau.torch_model import GenAUModel
 
@@ -28,6 +35,60 @@ def test_next_tokens_follow_the_response_format() -> None:
     chosen, forced = next_tokens(logits, 14, 16, SEG_IDS, [EOS_ID], emitted)
     assert chosen[0] == DEFECT_ID
     assert not forced[0]
+
+
+class ToyDecoder:
+    """A decoder whose next token depends on the last fed one only (``following``), and whose states on the token."""
+
+    def __init__(self) -> None:
+        self.following = {3: 4, 4: DEFECT_ID, 5: 6, 6: DEFECT_ID, 1: 2}
+        self.states = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(..., V)`` next-token logits after each id."""
+        chosen = torch.tensor([self.following.get(int(i), 2) for i in ids.flatten()]).view(ids.shape)
+        return torch.nn.functional.one_hot(chosen, 10).float() * 5
+
+    def step(self, fed: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decoding step: logits after the last fed id, the fed ids' states."""
+        return self.logits(fed[:, -1]), self.states[fed]
+
+    def draft(self, ids: list[int], batch: int) -> Draft:
+        """``ids`` as the prefill reads them: logits after each id before ``[SEG_defect]``, every id's states."""
+        tokens = torch.tensor(ids).expand(batch, -1)
+        return Draft(ids, self.logits(tokens[:, :-2]), self.states[tokens])
+
+
+def test_drafts_that_are_the_greedy_answers_give_its_result_without_a_step() -> None:
+    """Each image's greedy answer among the drafts: the same tokens, answers and anchors, no decoding step."""
+    toy = ToyDecoder()
+    first = torch.nn.functional.one_hot(torch.tensor([3, 5]), 10).float() * 5  # image 0 starts with 3, image 1 with 5
+    drafts = [toy.draft([5, 1, DEFECT_ID, NORMAL_ID], 2), toy.draft([3, 4, DEFECT_ID, NORMAL_ID], 2)]
+    drafts.append(toy.draft([5, 6, DEFECT_ID, NORMAL_ID], 2))
+    steps = []
+    greedy = greedy_anchor_decode(
+        first,
+        lambda *args: steps.append(args[0]) or toy.step(*args),
+        torch.ones(2, 3, dtype=torch.long),
+        torch.full((2,), 2),
+        SEG_IDS,
+        [EOS_ID],
+        0,
+        16,
+    )
+    drafted = drafted_decode(first, drafts, SEG_IDS, [EOS_ID], 0, 16)
+    assert len(steps) == 3 and drafted is not None
+    assert drafted.answer_tokens == greedy.answer_tokens == [[3, 4], [5, 6]]
+    assert torch.equal(drafted.tokens, greedy.tokens)
+    assert torch.equal(drafted.anchors, greedy.anchors)
+    assert torch.equal(drafted.first_logits, greedy.first_logits) and not drafted.forced.any()
+    # one image's answer is no draft, or the budget forces [SEG_defect] before a draft's: decode
+    assert drafted_decode(first, drafts[:2], SEG_IDS, [EOS_ID], 0, 16) is None
+    assert drafted_decode(first, drafts, SEG_IDS, [EOS_ID], 0, 3) is None
+    forced = [toy.draft([3, DEFECT_ID, NORMAL_ID], 2), toy.draft([5, DEFECT_ID, NORMAL_ID], 2)]
+    assert drafted_decode(first, forced, SEG_IDS, [EOS_ID], 0, 3) is None  # greedy's, but forced
+    with pytest.raises(ValueError, match="does not end with"):
+        drafted_decode(first, [toy.draft([3, 4, 5, 6], 2)], SEG_IDS, [EOS_ID], 0, 16)
 
 
 def test_anchor_states_take_the_last_occurrences_in_normal_defect_order() -> None:

@@ -9,7 +9,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_genau import GenAU, prompts
-from anomalib_genau.data.synthetic_anomalies import SYNTHETIC_ANSWER, SyntheticAnomalies
+from anomalib_genau.data.synthetic_anomalies import SyntheticAnomalies
 from anomalib_genau.taxonomy import object_name
 
 
@@ -21,7 +21,7 @@ def test_synthetic_anomalies_come_with_their_masks_and_binary_answers() -> None:
     assert all(mask.any() for mask in masks)
     changed = (anomalous - images).abs().amax(dim=1) > 1e-6
     assert (changed & ~masks).sum() == 0  # pixels change inside the masks only
-    assert SyntheticAnomalies.responses("carpet", masks) == [prompts.response("carpet", [SYNTHETIC_ANSWER])] * 3
+    assert SyntheticAnomalies.responses("carpet", masks) == [prompts.response("carpet", [prompts.SYNTHETIC_ANSWER])] * 3
     untouched, empty = SyntheticAnomalies(probability=0.0)(images)
     assert torch.equal(untouched, images) and not empty.any()
     assert SyntheticAnomalies.responses("carpet", empty) == [prompts.response("carpet", [])] * 3
@@ -66,7 +66,7 @@ def test_cross_dataset_mixes_synthetic_anomalies_into_its_normal_training_images
     )
     datamodule.setup()
     train = [datamodule.train_data[i] for i in range(len(datamodule.train_data))]
-    synthetic = [item for item in train if item.response == prompts.response("carpet", [SYNTHETIC_ANSWER])]
+    synthetic = [item for item in train if item.response == prompts.response("carpet", [prompts.SYNTHETIC_ANSWER])]
     real = [item for item in train if item.defect_type]
     assert synthetic and real and len(synthetic) + len(real) == len(train)  # every normal item became synthetic
     for item in synthetic:  # a mask, and the binary question only

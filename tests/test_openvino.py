@@ -233,6 +233,37 @@ def test_questions_on_one_image_share_their_prefill(f32_export: Path, images: li
         assert torch.allclose(shared_result.first_logits, alone_result.first_logits, atol=1e-4)
 
 
+def test_a_draft_is_read_as_decoding_steps_read_it(f32_export: Path, images: list[Path]) -> None:
+    """The greedy answer fed as a draft after the prompt: its logits and states are the decoding steps'.
+
+    It then stands for the decoding unless the budget forced its end (``drafted_decode``): the
+    same tokens, and ``forced`` as decoded.
+    """
+    inferencer = GenAUOpenVINOInferencer(f32_export)
+    outputs = []
+    step = inferencer._step
+    inferencer._step = lambda *args: outputs.append(step(*args)) or outputs[-1]
+    for path in images[:2]:
+        image_features, _ = inferencer.see(inferencer.prepare(path))
+        prompt_ids = inferencer.codec.prompts([prompts.instruction("carpet")], [len(image_features)]).input_ids
+        outputs.clear()
+        (greedy,) = inferencer._decode([prompt_ids], [image_features])
+        steps = list(outputs)  # one per answer token, then the segmentation pair
+        ids = greedy.tokens[0].tolist()
+        assert ids[-2:] == [inferencer.codec.seg_ids.defect, inferencer.codec.seg_ids.normal]
+        assert len(steps) == len(ids) - 1
+        prefill = inferencer._prefill([prompt_ids], [image_features], drafts=[[ids]])
+        (draft,) = prefill.questions[0].drafts
+        assert torch.allclose(prefill.questions[0].logits, greedy.first_logits, atol=1e-4)
+        assert torch.allclose(draft.logits, torch.stack([logits for logits, _ in steps[:-1]], dim=1), atol=1e-4)
+        assert torch.allclose(draft.states, torch.cat([states for _, states in steps], dim=1), atol=1e-4)
+        outputs.clear()
+        decoded = inferencer._greedy(prefill.questions[0])
+        assert torch.equal(decoded.tokens, greedy.tokens) and torch.equal(decoded.forced, greedy.forced)
+        assert torch.allclose(decoded.anchors, greedy.anchors, atol=1e-4)
+        assert bool(outputs) == bool(greedy.forced.any())  # decoded only where the budget forced the end
+
+
 def test_a_batch_answers_each_image_as_alone(f32_export: Path, images: list[Path]) -> None:
     """``predict_batch`` shares the decoder's passes between images of one size and keeps their order."""
     inferencer = GenAUOpenVINOInferencer(f32_export)
@@ -324,8 +355,8 @@ def test_quantization_captures_the_inputs_the_inferencer_feeds_the_graphs(
 ) -> None:
     """INT8 PTQ calibrates the decoder on what the inferencer feeds it: the prompt, then the answer and its anchors.
 
-    One sequence: the prefill's embeddings and each decoding step's, the segmentation tokens (whose
-    states are the anchors) last.
+    One sequence: the prefill's embeddings (its prompt; the draft answers after it are left out)
+    and each decoding step's, the segmentation tokens (whose states are the anchors) last.
     """
     inferencer = GenAUOpenVINOInferencer(f32_export)
     fed = []
@@ -334,8 +365,10 @@ def test_quantization_captures_the_inputs_the_inferencer_feeds_the_graphs(
     pixels = inferencer.prepare(images[0])
     inferencer.predict(pixels)  # no category: one question, the default object
     (sample,) = quantization_samples(trained_module.model, [(pixels, None)])
-    embeds = np.concatenate([inputs[0] for inputs in fed], axis=1)  # prefill, then every step
-    assert len(fed) > 2 and sample["inputs_embeds"].shape == embeds.shape
+    prompt_length = sample["inputs_embeds"].shape[1] - sum(inputs[0].shape[1] for inputs in fed[1:])
+    embeds = np.concatenate([fed[0][0][:, :prompt_length], *(inputs[0] for inputs in fed[1:])], axis=1)
+    assert len(fed) > 2 and fed[0][0].shape[1] > prompt_length  # the drafts were fed, and not taken
+    assert sample["inputs_embeds"].shape == embeds.shape
     assert np.abs(sample["inputs_embeds"] - embeds).max() < 1e-5
     seg_ids = inferencer.codec.seg_ids
     seg_embeds = inferencer.embeddings([np.array([[seg_ids.defect, seg_ids.normal]])])[0]

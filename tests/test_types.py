@@ -161,3 +161,17 @@ def test_test_step_fills_types_and_reasoning_and_the_map(tiny_backbone: Path, mi
     assert output.anomaly_map.shape[0] == 3
     assert output.pred_defect_type is not None
     assert len(output.pred_defect_type) == 3
+
+
+def test_drafts_are_the_trained_responses(torch_model: GenAUModel) -> None:
+    """The answers ``drafted_decode`` checks: the responses training teaches, each once, with the segmentation pair."""
+    codec = torch_model.codec
+    pair = [codec.seg_ids.defect, codec.seg_ids.normal]
+    drafts = codec.answer_drafts("carpet", ["hole", "color", "hole"])
+    texts = [codec.texts([ids[:-2]])[0] for ids in drafts]
+    assert texts == ["No, the carpet is normal.", "Yes, anomaly.", "Yes, hole.", "Yes, color."]
+    assert all(ids[-2:] == pair for ids in drafts)
+    assert drafts[2] == codec.tokenizer(prompts.response("carpet", ["hole"]), add_special_tokens=False)["input_ids"]
+    types = codec.type_drafts(["hole", "metal_contamination"])
+    assert [codec.texts([ids[:-2]])[0] for ids in types] == ["normal.", "hole.", "metal contamination."]
+    assert all(ids[-2:] == pair for ids in types)

@@ -139,6 +139,25 @@ class DialogueCodec:
         """The candidate types a multi-type answer names (the paper's deterministic parser)."""
         return parse_defect_types(answer, candidates)
 
+    def answer_drafts(self, object_name: str, candidates: Sequence[str] | None) -> list[list[int]]:
+        """The binary question's trained responses as ids, each ending with ``[SEG_defect] [SEG_normal]``.
+
+        ``"No, the {object} is normal."``, ``"Yes, anomaly."`` (one-class training's synthetic
+        anomalies) and ``"Yes, {type}."`` for each candidate: the answers of a decoder that learned
+        the response format, which one decoder pass can check all at once (``drafted_decode``).
+        """
+        answers = [[], [prompts.SYNTHETIC_ANSWER], *([name] for name in candidates or ())]
+        return self._ids_once([prompts.response(object_name, types) for types in answers])
+
+    def type_drafts(self, candidates: Sequence[str]) -> list[list[int]]:
+        """The type question's trained responses as ids (``"normal."``, ``"hole."``... and the segmentation pair)."""
+        options = self.type_options(candidates)
+        return self._ids_once([prompts.with_segmentation_tokens(prompts.type_answer(types)) for types in options])
+
+    def _ids_once(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each distinct text, in order."""
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in dict.fromkeys(texts)]
+
     @staticmethod
     def type_options(candidates: Sequence[str]) -> list[list[str]]:
         """The answers of the likelihood type mode: normal (``[]``), then each candidate alone."""

@@ -29,6 +29,8 @@ PROMPT_TEMPLATES = (
 )
 NORMAL_RESPONSES = ("No, the {object} is normal.",)
 DEFECT_RESPONSE = "Yes, {types}."
+# The answer word of a synthetic anomaly ("Yes, anomaly."): it names no taxonomy type.
+SYNTHETIC_ANSWER = "anomaly"
 
 
 def instruction(object_name: str, rng: random.Random | None = None) -> str:

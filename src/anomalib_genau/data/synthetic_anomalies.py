@@ -16,9 +16,6 @@ from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 
 from anomalib_genau import prompts
 
-# The answer word of a synthetic anomaly ("Yes, anomaly."): it names no taxonomy type.
-SYNTHETIC_ANSWER = "anomaly"
-
 
 class SyntheticAnomalies:
     """Turn normal images into synthetic anomalies with their masks and binary answers.
@@ -62,7 +59,7 @@ class SyntheticAnomalies:
     @staticmethod
     def responses(object_name: str, masks: torch.Tensor) -> list[str]:
         """The binary answer of each image: ``"Yes, anomaly."`` where ``(B, H, W)`` masks hold an anomaly."""
-        return [prompts.response(object_name, [SYNTHETIC_ANSWER] if bool(mask.any()) else []) for mask in masks]
+        return [prompts.response(object_name, [prompts.SYNTHETIC_ANSWER] if bool(mask.any()) else []) for mask in masks]
 
     @staticmethod
     def check_normal(labels: torch.Tensor | Sequence[int] | None) -> None:

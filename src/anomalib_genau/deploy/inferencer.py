@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from anomalib_genau.data.images import check_patch_size, read_rgb
 from anomalib_genau.dialogue import DialogueCodec, check_context
 from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.checkpoint import LEGACY_ARCHITECTURE, differing_keys
-from anomalib_genau.models.genau.decoding import DecodeResult, greedy_anchor_decode
+from anomalib_genau.models.genau.decoding import DecodeResult, Draft, drafted_decode, greedy_anchor_decode
 from anomalib_genau.taxonomy import DATASET_KEYS, object_name, product_candidates
 
 from .decoder_inputs import PromptTree, decoder_inputs, step_mask
@@ -52,12 +52,14 @@ class Question:
         visible: ``(T,)`` bool over the prefill's positions: the ones its answer reads (its prompt's).
         length: Its prompt's tokens, the position of its first answer token.
         logits: ``(B, V)`` next-token logits after its prompt.
+        drafts: The answers the prefill fed after its prompt (``drafted_decode``).
 
     """
 
     visible: np.ndarray
     length: int
     logits: torch.Tensor
+    drafts: list[Draft] = field(default_factory=list)
 
 
 @dataclass
@@ -331,30 +333,40 @@ class GenAUOpenVINOInferencer:
         """
         pixels = [self.prepare(image) for image in images]
         name = object_name(category) if category else self.manifest["default_object"]
-        candidates = (candidates or self.candidates(category, dataset)) if defect_type else None
+        candidates = candidates or self.candidates(category, dataset)
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, image_pixels in enumerate(pixels):
             by_size.setdefault(tuple(image_pixels.shape[-2:]), []).append(index)
         predictions: dict[int, GenAUPrediction] = {}
         for indices in by_size.values():
-            answered = self._answer([pixels[index] for index in indices], name, candidates)
+            answered = self._answer([pixels[index] for index in indices], name, candidates, defect_type)
             predictions.update(zip(indices, answered, strict=True))
         return [predictions[index] for index in range(len(pixels))]
 
-    def _answer(self, pixels: list[torch.Tensor], name: str, candidates: list[str] | None) -> list[GenAUPrediction]:
-        """Both questions about images ``(3, H, W)`` of one size, the decoder reading them as one batch."""
+    def _answer(
+        self, pixels: list[torch.Tensor], name: str, candidates: list[str] | None, defect_type: bool
+    ) -> list[GenAUPrediction]:
+        """Both questions about images ``(3, H, W)`` of one size, the decoder reading them as one batch.
+
+        The type question is asked when ``defect_type`` and there are ``candidates``; the
+        candidates name the binary answer's drafts either way (``DialogueCodec.answer_drafts``).
+        """
         size = tuple(pixels[0].shape[-2:])
+        asked = candidates if defect_type else None
         questions = [prompts.instruction(name)]
-        if candidates:
-            questions.append(prompts.type_instruction(name, candidates))
+        if asked:
+            questions.append(prompts.type_instruction(name, asked))
         image_features, stage_features = zip(*(self.see(image) for image in pixels), strict=True)
         prompt_ids = [self.codec.prompts([question], [len(image_features[0])]).input_ids for question in questions]
-        options = self.codec.type_options(candidates) if candidates and self.type_mode == "likelihood" else []
-        prefill = self._prefill(prompt_ids, list(image_features), self.codec.option_ids(options))
+        options = self.codec.type_options(asked) if asked and self.type_mode == "likelihood" else []
+        drafts = [self.codec.answer_drafts(name, candidates)]
+        if asked and not options:  # the type question answered by generation
+            drafts.append(self.codec.type_drafts(asked))
+        prefill = self._prefill(prompt_ids, list(image_features), self.codec.option_ids(options), drafts)
         decoded = self._greedy(prefill.questions[0])
         log_odds = self.codec.log_odds(decoded.first_logits).numpy()
         anchors = decoded.anchors.numpy()
-        defect_types = self._defect_types(prefill, candidates, options) if candidates else [None] * len(pixels)
+        defect_types = self._defect_types(prefill, asked, options) if asked else [None] * len(pixels)
         answers = self.codec.texts(decoded.answer_tokens)
         predictions = []
         for index, stages in enumerate(stage_features):
@@ -467,16 +479,22 @@ class GenAUOpenVINOInferencer:
         return [self._greedy(question, max_new_tokens, on_tokens) for question in prefill.questions]
 
     def _prefill(
-        self, prompt_ids: list[torch.Tensor], image_features: list[np.ndarray], options: Sequence[list[int]] = ()
+        self,
+        prompt_ids: list[torch.Tensor],
+        image_features: list[np.ndarray],
+        options: Sequence[list[int]] = (),
+        drafts: Sequence[Sequence[list[int]]] = (),
     ) -> Prefill:
-        """Feed the prompts, and the options after the last one, to an empty cache in one decoder pass.
+        """Feed the prompts, the options after the last one and each prompt's drafts, in one decoder pass.
 
         Each prompt (``(1, L)`` ids) is asked about each of the ``B`` images (``(T, D)`` features
         each, the same ``T``), as one batch of the decoder. The prompts share their beginning (the
         system turn and the image's tokens): it is fed once, then each prompt's own tokens, then
-        each option's ids but its last, as a :class:`PromptTree`: every part reads what it
-        continues and not its siblings, so each prompt is answered as if prefilled alone, and
-        each option is scored as if fed after the last prompt alone.
+        each option's ids but its last, then the ids of each draft answer of prompt ``i``
+        (``drafts[i]``), as a :class:`PromptTree`: every part reads what it continues and not its
+        siblings, so each prompt is answered as if prefilled alone, each option is scored as if fed
+        after the last prompt alone, and each draft is read as if decoded after its prompt
+        (``drafted_decode``).
         """
         self.decoder_request.reset_state()
         self.cache_length = 0
@@ -486,19 +504,35 @@ class GenAUOpenVINOInferencer:
         tree = PromptTree()
         root = tree.add(shared)
         branches = [tree.add(ids.shape[1] - shared, root) for ids in prompt_ids]
-        scored = [tree.add(len(option) - 1, branches[-1]) for option in options]
+        answers = [(index, list(draft)) for index, prompt_drafts in enumerate(drafts) for draft in prompt_drafts]
+        fed = [option[:-1] for option in options] + [draft for _, draft in answers]
+        parents = [branches[-1]] * len(options) + [branches[index] for index, _ in answers]
+        continuations = [tree.add(len(ids), parent) for ids, parent in zip(fed, parents, strict=True)]
         parts = [embeds[0][:, :shared], *(prompt_embeds[:, shared:] for prompt_embeds in embeds)]
-        option_tokens = [token for option in options for token in option[:-1]]
-        if option_tokens:
-            parts.append(self.embeddings([np.tile(np.array([option_tokens], dtype=np.int64), (batch, 1))])[0])
-        read = [tree.indices(prompt)[-1] for prompt in branches] + [i for part in scored for i in tree.indices(part)]
+        tokens = [token for ids in fed for token in ids]
+        if tokens:
+            parts.append(self.embeddings([np.tile(np.array([tokens], dtype=np.int64), (batch, 1))])[0])
+        # logits after each prompt, after every fed option id, after each draft id before [SEG_defect]
+        read_counts = [len(option) - 1 for option in options] + [len(draft) - 2 for _, draft in answers]
+        sections = [tree.indices(branch)[-1:] for branch in branches]
+        sections += [tree.indices(part)[:count] for part, count in zip(continuations, read_counts, strict=True)]
         positions = np.tile(tree.positions(), (batch, 1))
-        logits, _ = self._infer(np.concatenate(parts, axis=1), tree.mask(batch), positions, np.array(read))
+        logits, hidden = self._infer(
+            np.concatenate(parts, axis=1), tree.mask(batch), positions, np.concatenate(sections)
+        )
+        read = logits.split([len(section) for section in sections], dim=1)
+        prompt_logits, continued = [part[:, 0] for part in read[: len(branches)]], read[len(branches) :]
+        drafted: list[list[Draft]] = [[] for _ in branches]
+        for (index, ids), part, part_logits in zip(
+            answers, continuations[len(options) :], continued[len(options) :], strict=True
+        ):
+            drafted[index].append(Draft(ids, part_logits, hidden[:, torch.from_numpy(tree.indices(part))]))
         questions = [
-            Question(tree.visible(prompt), ids.shape[1], logits[:, index])
-            for index, (prompt, ids) in enumerate(zip(branches, prompt_ids, strict=True))
+            Question(tree.visible(branch), ids.shape[1], prompt_logits[index], drafted[index])
+            for index, (branch, ids) in enumerate(zip(branches, prompt_ids, strict=True))
         ]
-        return Prefill(questions, option_scores(logits[:, len(branches) - 1 :], options))
+        scored = torch.cat([prompt_logits[-1][:, None], *continued[: len(options)]], dim=1)
+        return Prefill(questions, option_scores(scored, options))
 
     def _greedy(
         self,
@@ -506,7 +540,14 @@ class GenAUOpenVINOInferencer:
         max_new_tokens: int | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> DecodeResult:
-        """The greedy answers to a prefilled question, appended to the cache after what it holds now."""
+        """The greedy answers to a prefilled question: its drafts' where they are, else decoded after the cache."""
+        budget = max_new_tokens or self.manifest["max_new_tokens"]
+        codec = self.codec
+        drafted = drafted_decode(
+            question.logits, question.drafts, codec.seg_ids, codec.banned_ids, codec.pad_id, budget
+        )
+        if drafted is not None:
+            return drafted
         batch = question.logits.shape[0]
         step = partial(self._step, question, self.cache_length)
         return greedy_anchor_decode(
@@ -517,7 +558,7 @@ class GenAUOpenVINOInferencer:
             self.codec.seg_ids,
             self.codec.banned_ids,
             self.codec.pad_id,
-            max_new_tokens or self.manifest["max_new_tokens"],
+            budget,
         )
 
     def _step(

@@ -147,6 +147,86 @@ def greedy_anchor_decode(
     )
 
 
+@dataclass
+class Draft:
+    """An answer fed to the decoder after the prompt in the prefill, to be checked against the greedy choice.
+
+    Attributes:
+        ids: The answer's ids, ending with ``[SEG_defect] [SEG_normal]`` (``n`` of them).
+        logits: ``(B, n - 2, V)`` next-token logits after each of its ids before ``[SEG_defect]``.
+        states: ``(B, n, D)`` final-layer states of its ids.
+
+    """
+
+    ids: list[int]
+    logits: torch.Tensor
+    states: torch.Tensor
+
+
+def drafted_decode(
+    first_logits: torch.Tensor,
+    drafts: Sequence[Draft],
+    seg_ids: TokenPair,
+    banned_ids: Sequence[int],
+    pad_id: int,
+    max_new_tokens: int,
+) -> DecodeResult | None:
+    """:func:`greedy_anchor_decode`'s result without a decoding step, when every image's greedy answer is a draft.
+
+    A draft is an image's greedy answer exactly when :func:`next_tokens`, given the prompt's
+    logits and then the draft's own, chooses each of its ids in turn up to ``[SEG_defect]``
+    (whose ``[SEG_normal]`` always follows), none of them forced by the budget. Its states are
+    then the decoding steps' states, and the anchors are read from them. A template answer,
+    which GenAU's training teaches, is thus checked in the prefill: speculative decoding with
+    the response format as the draft (no library offers it on OpenVINO's stateful decoder).
+
+    Args:
+        first_logits: ``(B, V)`` logits after the prompt.
+        drafts: The answers fed after the prompt, with the decoder's logits and states.
+        seg_ids: Ids of ``[SEG_normal]`` and ``[SEG_defect]``.
+        banned_ids: Ids never chosen inside an answer.
+        pad_id: Id after ``[SEG_normal]`` in answers shorter than the longest.
+        max_new_tokens: The decoding budget :func:`greedy_anchor_decode` would have.
+
+    Returns:
+        The decoded result, or ``None`` where an image's greedy answer is none of the drafts.
+
+    Raises:
+        ValueError: A draft does not end with ``[SEG_defect] [SEG_normal]``.
+
+    """
+    batch = first_logits.shape[0]
+    accepted: list[Draft | None] = [None] * batch
+    for draft in drafts:
+        if draft.ids[-2:] != [seg_ids.defect, seg_ids.normal]:
+            msg = f"Draft {draft.ids} does not end with [SEG_defect] [SEG_normal]."
+            raise ValueError(msg)
+        match = torch.ones(batch, dtype=torch.bool)
+        emitted_defect = torch.zeros(batch, dtype=torch.bool)
+        steps = [first_logits, *draft.logits.unbind(dim=1)]
+        for index, (logits, expected) in enumerate(zip(steps, draft.ids[:-1], strict=True)):
+            chosen, forced = next_tokens(logits, index, max_new_tokens, seg_ids, banned_ids, emitted_defect)
+            match &= (chosen == expected) & ~forced  # a forced answer is decoded, to report it as forced
+            emitted_defect |= chosen == seg_ids.defect
+        for row in match.nonzero().flatten().tolist():
+            accepted[row] = accepted[row] or draft
+    if any(draft is None for draft in accepted):
+        return None
+    width = max(len(draft.ids) for draft in accepted)
+    tokens = torch.full((batch, width), pad_id, dtype=torch.long)
+    states = torch.zeros(batch, width, drafts[0].states.shape[-1])
+    for row, draft in enumerate(accepted):
+        tokens[row, : len(draft.ids)] = torch.tensor(draft.ids)
+        states[row, : len(draft.ids)] = draft.states[row].float()
+    return DecodeResult(
+        tokens=tokens,
+        anchors=anchor_states(states, tokens, seg_ids),
+        answer_tokens=[draft.ids[:-2] for draft in accepted],
+        forced=torch.zeros(batch, dtype=torch.bool),
+        first_logits=first_logits.float(),
+    )
+
+
 def anchor_states(hidden: torch.Tensor, tokens: torch.Tensor, seg_ids: TokenPair) -> torch.Tensor:
     """Gather the final-layer states at the last ``[SEG_normal]`` and ``[SEG_defect]`` of each row.
 
