@@ -281,7 +281,9 @@ def print_profile(
         f"GFLOPs per image {flops} (vision on distinct views, prefill, {decoded_tokens} decoded "
         f"tokens); measured matmul peak f32 {start_peak['f32'] / 1e9:.0f} before the backends, "
         f"{end_peak['f32'] / 1e9:.0f} after; bf16 {start_peak['bf16'] / 1e9:.0f} before, "
-        f"{end_peak['bf16'] / 1e9:.0f} after (GFLOP/s)"
+        f"{end_peak['bf16'] / 1e9:.0f} after (GFLOP/s). OpenVINO feeds the prompts, the type options and "
+        "the answer drafts in one prefill pass (the prompts' tokens counted below), torch the options in "
+        "decoder passes after its prefill"
     )
     print(
         f"| backend | vision s | prefill s (tokens) | decoding s ({decoded_tokens} tokens) | "

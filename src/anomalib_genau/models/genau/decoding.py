@@ -197,17 +197,23 @@ def drafted_decode(
     """
     batch = first_logits.shape[0]
     accepted: list[Draft | None] = [None] * batch
+    not_emitted = torch.zeros(batch, dtype=torch.bool)
+    first = next_tokens(first_logits, 0, max_new_tokens, seg_ids, banned_ids, not_emitted)  # every draft's
     for draft in drafts:
         if draft.ids[-2:] != [seg_ids.defect, seg_ids.normal]:
             msg = f"Draft {draft.ids} does not end with [SEG_defect] [SEG_normal]."
             raise ValueError(msg)
-        match = torch.ones(batch, dtype=torch.bool)
-        emitted_defect = torch.zeros(batch, dtype=torch.bool)
-        steps = [first_logits, *draft.logits.unbind(dim=1)]
-        for index, (logits, expected) in enumerate(zip(steps, draft.ids[:-1], strict=True)):
-            chosen, forced = next_tokens(logits, index, max_new_tokens, seg_ids, banned_ids, emitted_defect)
-            match &= (chosen == expected) & ~forced  # a forced answer is decoded, to report it as forced
-            emitted_defect |= chosen == seg_ids.defect
+        match, emitted_defect = torch.ones(batch, dtype=torch.bool), not_emitted
+        for index, expected in enumerate(draft.ids[:-1]):
+            if not bool(match.any()):
+                break  # no image's answer: the other ids need not be checked
+            if index:
+                logits = draft.logits[:, index - 1]
+                chosen, forced = next_tokens(logits, index, max_new_tokens, seg_ids, banned_ids, emitted_defect)
+            else:
+                chosen, forced = first
+            match = match & (chosen == expected) & ~forced  # a forced answer is decoded, to report it as forced
+            emitted_defect = emitted_defect | (chosen == seg_ids.defect)
         for row in match.nonzero().flatten().tolist():
             accepted[row] = accepted[row] or draft
     if any(draft is None for draft in accepted):
