@@ -306,8 +306,8 @@ class GenAUOpenVINOInferencer:
             dataset: Taxonomy of ``category`` (``MVTecAD``, ``Visa``, ``MPDD``, ``RealIAD``).
             candidates: The defect types to choose among, instead of the taxonomy's for ``category``.
             defect_type: ``False`` leaves the type question out (``pred_defect_type`` ``None``): the
-                label, score, map and answer are the same, in about a third less time at the 0.5B
-                size (benchmarks/RESULTS.md).
+                label, score, map and answer are the same, and the one prefill pass shorter
+                (benchmarks/RESULTS.md).
 
         """
         return self.predict_batch([image], category, dataset, candidates, defect_type)[0]
