@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from anomalib_genau.prompts import NORMAL_RESPONSES, PROMPT_TEMPLATES, answer, type_instruction
-from anomalib_genau.taxonomy import load_taxonomy
+from anomalib_genau.taxonomy import load_taxonomy, product_candidates
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
@@ -117,11 +117,9 @@ def _tokenizer_corpus() -> list[str]:
 def _dialogue_corpus() -> list[str]:
     """Every product's type question and defect answers, so that a large vocabulary holds their words whole."""
     sentences = []
-    for products in load_taxonomy().values():
-        for product, defects in products.items():
-            types = sorted(
-                {c for coarse in defects.values() for c in ([coarse] if isinstance(coarse, str) else coarse)}
-            )
+    for dataset, products in load_taxonomy().items():
+        for product in products:
+            types = product_candidates(dataset, product) or []
             sentences.append(type_instruction(product.replace("_", " "), types))
             sentences += [answer(product.replace("_", " "), [name]) for name in types]
     return sentences
