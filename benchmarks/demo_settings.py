@@ -10,6 +10,7 @@ trained on the generated source. Every setting and seed is fitted through anomal
 demo's held-out target, or on ``--target``, a generated MVTec-layout root with its
 ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another seed). The table gives pixel
 AUROC and the map maximum's image AUROC on the target's easy and subtle parts and on all of it,
+the image AUROC of the model's own score on all of it (the fused score with ``score_fusion=true``),
 the yes/no answer's agreement with the label, and the train + test time.
 """
 
@@ -72,7 +73,7 @@ def main() -> None:
     target = args.target.resolve() if args.target else None
     enter_workdir(args.workdir)
     columns = [f"{part} {kind}" for part in PARTS for kind in ("pixel", "image")]
-    header = "| setting | seed | " + " | ".join(columns) + " | yes/no agreement | train + test |"
+    header = "| setting | seed | " + " | ".join(columns) + " | all score | yes/no agreement | train + test |"
     print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
     for index, setting in enumerate(args.settings):
         flags = [f"--model.{assignment}" for assignment in setting.split()]
@@ -82,8 +83,8 @@ def main() -> None:
             cells = [
                 f"{parts[part][metric]:.3f}" for part in PARTS for metric in ("pixel_AUROC", "image_AUROC_map_max")
             ]
-            agreement = parts["all"]["yes_no_agreement"]
-            print(f"| {setting} | {seed} | {' | '.join(cells)} | {agreement:.3f} | {seconds:.0f} s |", flush=True)
+            cells += [f"{parts['all']['image_AUROC']:.3f}", f"{parts['all']['yes_no_agreement']:.3f}"]
+            print(f"| {setting} | {seed} | {' | '.join(cells)} | {seconds:.0f} s |", flush=True)
 
 
 if __name__ == "__main__":

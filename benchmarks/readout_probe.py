@@ -2,6 +2,7 @@
 
     python benchmarks/readout_probe.py SOURCE TARGET [--backbone DIR] [--steps 184 2000]
         [--learning-rates 2e-3] [--temperatures 0.07] [--batch-size 4] [--views global high-res fused]
+        [--anchors constant image]
 
 SOURCE and TARGET are generated MVTec-layout roots (``anomalib-genau synthetic-data``; the
 demo's ``datasets/genau_synthetic/source`` and ``target``). The frozen tower's stage features
@@ -11,6 +12,11 @@ segmentation loss, as in training, but with the two anchors as free parameters i
 decoder's ``[SEG]`` states. It is the best case of a decoder that gives good constant anchors;
 the readout's output is GenAU's map (``anomaly_map``), so its held-out figures bound what the
 end-to-end model can reach on these features with this loss.
+
+``--anchors image`` adds to the two free anchors a learned linear map of the image's mean
+stage features (the global view's patches averaged, per stage): anchors that know what the image
+looks like on the whole, as a decoder whose attention averages the image tokens could give them.
+It bounds what image-conditioned anchors add over constant ones.
 
 Printed per number of steps, on the target's easy and subtle parts (every normal image in
 both): pixel AUROC and image AUROC of the map maximum for the global view alone, the
@@ -41,6 +47,7 @@ from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
 
 VIEWS = ("global", "high-res", "fused")
+ANCHORS = ("constant", "image")
 PARTS = ("easy", "subtle")
 
 
@@ -95,19 +102,42 @@ class Setting:
     learning_rate: float
     temperature: float
     both_views: bool
+    anchors: str = "constant"
+
+
+class Anchors(torch.nn.Module):
+    """Two free ``(2, D)`` anchors, plus (``image_conditioned``) a linear map of each image's mean stage features."""
+
+    def __init__(self, vision_dim: int, text_dim: int, num_stages: int, image_conditioned: bool) -> None:
+        super().__init__()
+        self.free = torch.nn.Parameter(torch.randn(1, 2, text_dim))
+        self.from_image = torch.nn.Linear(num_stages * vision_dim, 2 * text_dim) if image_conditioned else None
+
+    def forward(self, global_stages: list[torch.Tensor]) -> torch.Tensor:
+        """``(B, 2, D)`` anchors of the images whose per-stage ``(B, N, C)`` global-view features are given."""
+        batch = global_stages[0].shape[0]
+        anchors = self.free.expand(batch, -1, -1)
+        if self.from_image is None:
+            return anchors
+        means = torch.cat([stage.mean(dim=1) for stage in global_stages], dim=-1)
+        return anchors + self.from_image(means).view(batch, 2, -1)
 
 
 def train_readout(
     model: GenAUModel, source: list[Example], setting: Setting, batch_size: int
-) -> tuple[AnchorReadout, torch.Tensor]:
-    """GenAU's readout and two free anchors, trained with GenAU's segmentation loss and schedule."""
+) -> tuple[AnchorReadout, Anchors]:
+    """GenAU's readout and its anchors, trained with GenAU's segmentation loss and schedule."""
     torch.manual_seed(0)
     projection = model.readout.projections[0]
     readout = AnchorReadout(
         projection.in_features, projection.out_features, len(model.vision_layers), setting.temperature
     )
-    anchors = torch.nn.Parameter(torch.randn(1, 2, projection.out_features))
-    optimizer = torch.optim.AdamW([*readout.parameters(), anchors], lr=setting.learning_rate, weight_decay=0.0)
+    anchors = Anchors(
+        projection.in_features, projection.out_features, len(model.vision_layers), setting.anchors == "image"
+    )
+    optimizer = torch.optim.AdamW(
+        [*readout.parameters(), *anchors.parameters()], lr=setting.learning_rate, weight_decay=0.0
+    )
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(0.03 * setting.steps), setting.steps)
     loss = GenAULoss()
     rng = np.random.default_rng(0)
@@ -118,8 +148,9 @@ def train_readout(
         batch = [source[i] for i in order[:batch_size]]
         del order[:batch_size]
         masks = torch.stack([e.mask for e in batch]).float()
-        expanded = anchors.expand(len(batch), -1, -1)
-        value = loss.segmentation(readout(stacked(batch, False), expanded, model.grid), masks)
+        global_stages = stacked(batch, False)
+        expanded = anchors(global_stages)
+        value = loss.segmentation(readout(global_stages, expanded, model.grid), masks)
         if setting.both_views:
             logits = readout(stacked(batch, True), expanded, batch[0].high_res_grid)
             value = value + loss.segmentation(logits, masks)
@@ -127,19 +158,21 @@ def train_readout(
         value.backward()
         optimizer.step()
         scheduler.step()
-    return readout, anchors.detach()
+    return readout, anchors
 
 
 @torch.no_grad()
 def records(
-    readout: AnchorReadout, anchors: torch.Tensor, model: GenAUModel, target: list[Example], view: str
+    readout: AnchorReadout, anchors: Anchors, model: GenAUModel, target: list[Example], view: str
 ) -> list[ImageRecord]:
     """Per-image maps of one view (``global``, ``high-res`` or ``fused`` as GenAU fuses them)."""
     result = []
     for example in target:
         size = tuple(example.mask.shape)
-        logits = readout([s[None] for s in example.global_stages], anchors, model.grid)
-        high_res = readout([s[None] for s in example.high_res_stages], anchors, example.high_res_grid)
+        global_stages = [s[None] for s in example.global_stages]
+        image_anchors = anchors(global_stages)
+        logits = readout(global_stages, image_anchors, model.grid)
+        high_res = readout([s[None] for s in example.high_res_stages], image_anchors, example.high_res_grid)
         if view == "global":
             heat = anomaly_map(logits, size)
         elif view == "high-res":
@@ -162,6 +195,7 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.07])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
+    parser.add_argument("--anchors", nargs="+", default=["constant"], choices=ANCHORS)
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     model = GenAUModel(args.backbone, lora=False).eval()
@@ -174,24 +208,23 @@ def main() -> None:
         "learning rate",
         "temperature",
         "trained on",
+        "anchors",
         "view",
         *(f"{p} {m}" for p in PARTS for m in ("pixel", "image")),
     )
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
-    for steps, learning_rate, temperature, both_views in product(
-        args.steps, args.learning_rates, args.temperatures, (False, True)
+    for steps, learning_rate, temperature, both_views, kind in product(
+        args.steps, args.learning_rates, args.temperatures, (False, True), args.anchors
     ):
-        setting = Setting(steps, learning_rate, temperature, both_views)
+        setting = Setting(steps, learning_rate, temperature, both_views, kind)
         readout, anchors = train_readout(model, source, setting, args.batch_size)
         for view in args.views:
             metrics = part_metrics(records(readout, anchors, model, target, view), parts)
             cells = [f"{metrics[part][name]:.3f}" for part in PARTS for name in ("pixel_AUROC", "image_AUROC")]
             trained = "both views" if both_views else "global view"
-            print(
-                f"| {steps} | {learning_rate:g} | {temperature:g} | {trained} | {view} | {' | '.join(cells)} |",
-                flush=True,
-            )
+            row = [str(steps), f"{learning_rate:g}", f"{temperature:g}", trained, kind, view, *cells]
+            print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ def pretrained_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_pretrained_stand_in_learns_maps_and_answers_cleanly_on_held_out_images(
     pretrained_backbone: Path, tmp_path: Path
 ) -> None:
-    """After short training the maps beat the untrained model's on another seed's images, and no answer degenerates.
+    """After short training the maps beat the untrained model's, the yes/no answer follows the image, all answers clean.
 
-    The yes/no answer is not asserted: on this stand-in it does not yet follow the image
-    (the decoder's log-odds separate normal from anomalous images at chance, see issue 18).
+    GenAU takes the demo configuration's settings for the tiny stand-in (``configs/genau_tiny.yaml``:
+    LoRA rank 32, alpha 64, readout temperature 2).
     """
     # the held-out target is generated with another seed, half of its defects subtle
     source = generate_mvtec_dataset(tmp_path / "source", {"carpet": ("color", "cut", "hole")}, seed=20, **SIZE)
@@ -41,7 +41,15 @@ def test_pretrained_stand_in_learns_maps_and_answers_cleanly_on_held_out_images(
         eval_batch_size=12,
     )
     torch.manual_seed(0)
-    model = GenAU(backbone=str(pretrained_backbone), learning_rate=2e-3, max_new_tokens=8, defect_type_mode=None)
+    model = GenAU(
+        backbone=str(pretrained_backbone),
+        learning_rate=2e-3,
+        max_new_tokens=8,
+        defect_type_mode=None,
+        lora_rank=32,
+        lora_alpha=64,
+        temperature=2.0,
+    )
     recorder = TestRecorder(target)
     engine = Engine(max_epochs=6, default_root_dir=tmp_path / "results", logger=False, callbacks=[recorder])
     engine.test(model=model, datamodule=datamodule)
@@ -52,6 +60,8 @@ def test_pretrained_stand_in_learns_maps_and_answers_cleanly_on_held_out_images(
     assert len(recorder.records) == 36
     assert after["all"]["pixel_AUROC"] > before["all"]["pixel_AUROC"] + 0.05, (before, after)
     assert after["easy"]["pixel_AUROC"] > before["easy"]["pixel_AUROC"] + 0.05, (before, after)
+    # half of the images are normal, so 0.5 is chance (measured: 0.69, and 0.89 on the easy part)
+    assert after["all"]["yes_no_agreement"] > 0.6, after
     # the template is learned: every answer is a clean "Yes, <type>." or "No, the <object> is normal."
     assert after["all"]["clean_answers"] == 1.0, after
     answers = {record.answer for record in recorder.records}

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_genau.backbone import build_tiny_backbone, load_backbone
 from anomalib_genau.pretraining import (
@@ -16,7 +17,16 @@ from anomalib_genau.pretraining import (
     install_pretrained_backbone,
     pretrain_tiny_backbone,
 )
-from anomalib_genau.pretraining.scenes import Mark, Scene, caption, draw_scene, marks_scene, questions, render
+from anomalib_genau.pretraining.scenes import (
+    Mark,
+    Scene,
+    caption,
+    draw_scene,
+    marks_scene,
+    questions,
+    render,
+    render_with_marks,
+)
 from anomalib_genau.pretraining.stages import Schedule, loud_share, pretrain_local_reading
 from anomalib_genau.taxonomy import load_taxonomy
 
@@ -34,6 +44,33 @@ def test_scene_marks_change_their_cell_only_and_are_captioned():
     answers = dict(questions(marked, np.random.default_rng(0)))
     assert answers["What colour is the square at the top right?"] == "Red."
     assert answers["How many marks are there?"] == "One."
+
+
+def test_marks_come_with_the_pixels_they_cover():
+    scene = Scene("striped", "blue", (Mark("ring", "red", "large", 0, 2), Mark("line", "yellow", "thin", 2, 0)))
+    image, covered = render_with_marks(scene, np.random.default_rng(3))
+    assert np.array_equal(image, render(scene, np.random.default_rng(3)))  # the same image as render draws
+    background = render(Scene("striped", "blue", ()), np.random.default_rng(3)).astype(float)
+    painted = np.abs(image - background).sum(-1) > 0
+    assert np.array_equal(covered, painted)
+    assert covered[:37, 75:].any() and covered[75:, :37].any() and not covered[37:75].any()
+
+
+def test_faint_marks_are_shades_of_the_background_named_by_their_brightness():
+    darker = Mark("circle", "darker", "large", 1, 1)
+    image, covered = render_with_marks(Scene("plain", "gray", (darker,)), np.random.default_rng(0))
+    shift = image[covered].astype(float).mean(0) - image[~covered].astype(float).mean(0)
+    assert np.all((shift > -70) & (shift < -5))  # a shade of gray, darker in every channel: not another colour
+    assert (
+        caption(Scene("plain", "gray", (darker,))) == "A large darker circle at the center on a plain gray background."
+    )
+    rng = np.random.default_rng(0)
+    scenes = [draw_scene(rng) for _ in range(600)]
+    marks = [(scene.colour, mark.colour) for scene in scenes for mark in scene.marks]
+    faint = [(background, shade) for background, shade in marks if shade in ("lighter", "darker")]
+    assert 0.2 < len(faint) / len(marks) < 0.4
+    assert {shade for background, shade in faint if background == "white"} == {"darker"}
+    assert {shade for background, shade in faint if background == "black"} == {"lighter"}
 
 
 def test_local_reading_shows_loud_marks_first_and_scenes_without_marks_half_the_time():
@@ -92,6 +129,26 @@ def test_pretraining_is_deterministic_and_checked(tmp_path):
         check_pretrained_backbone(first)
     with pytest.raises(PretrainedBackboneError, match="missing"):
         install_pretrained_backbone(tmp_path / "c", source=tmp_path / "nowhere")
+
+
+def test_shipped_tower_locates_marks_in_its_patch_features():
+    """Stage 1's grounding loss: a mark's patches are linearly readable from the final layer, on held-out scenes."""
+    model, _ = load_backbone(SHIPPED_BACKBONE)
+    tower, patch = model.model.vision_tower.eval(), model.config.vision_config.patch_size
+
+    def patches(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(seed)
+        images, covered = zip(*(render_with_marks(draw_scene(rng), rng) for _ in range(48)), strict=True)
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            features = tower(pixels, output_hidden_states=True).hidden_states[-1]
+        marked = torch.nn.functional.max_pool2d(torch.from_numpy(np.stack(covered)).float()[:, None], patch)
+        return features.flatten(0, 1), marked.flatten().bool()
+
+    features, marked = patches(100)
+    direction = features[marked].mean(0) - features[~marked].mean(0)  # the simplest linear reader
+    held_out, truth = patches(101)
+    assert binary_auroc(held_out @ direction, truth.long()) > 0.9
 
 
 def test_shipped_backbone_installs_offline_and_reads_images(tmp_path, monkeypatch):

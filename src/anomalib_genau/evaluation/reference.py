@@ -3,12 +3,13 @@
 PatchCore's scoring rule (distance of each test patch to its nearest normal patch, blurred)
 on raw colour patches instead of a pre-trained CNN's features: anomalib's models need
 downloaded backbones, which this project cannot fetch. Each image's mean colour is
-subtracted first, so products that vary in overall tint are compared by their structure.
+subtracted first, so products that vary in overall tint are compared by their structure
+(``benchmarks/feature_reference.py`` scores the stand-in tower's features the same way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +22,33 @@ from anomalib_genau.evaluation.parts import ImageRecord
 
 
 class NearestNeighbourPatches:
-    """Memory bank of ``patch`` x ``patch`` colour patches of normal images, scored by nearest distance."""
+    """Memory bank of ``patch`` x ``patch`` colour patches of normal images, scored by nearest distance.
 
-    def __init__(self, size: int = 224, patch: int = 8, stride: int = 4, sigma: float = 4.0) -> None:
-        self.size, self.patch, self.stride, self.sigma = size, patch, stride, sigma
+    Subclasses score other patch descriptors by overriding :meth:`patches`.
+    """
+
+    def __init__(
+        self, size: int = 224, patch: int = 8, stride: int = 4, sigma: float = 4.0, centre: bool = True
+    ) -> None:
+        self.size, self.patch, self.stride, self.sigma, self.centre = size, patch, stride, sigma, centre
         self.bank: torch.Tensor | None = None
 
-    def _patches(self, image: torch.Tensor) -> torch.Tensor:
-        """``(3, H, W)`` in [0, 1] -> ``(N, 3 * patch**2)`` patches of the resized, mean-centred image."""
+    def patches(self, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(3, H, W)`` in [0, 1] -> the ``(grid**2, 3 * patch**2)`` patches of the resized image, and ``grid``.
+
+        With ``centre``, the image's mean colour is subtracted first.
+        """
         image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True)
-        image = image - image.mean(dim=(2, 3), keepdim=True)
-        return F.unfold(image, self.patch, stride=self.stride)[0].T
+        if self.centre:
+            image = image - image.mean(dim=(2, 3), keepdim=True)
+        return F.unfold(image, self.patch, stride=self.stride)[0].T, (self.size - self.patch) // self.stride + 1
 
     def fit(self, normal_images: Sequence[torch.Tensor]) -> NearestNeighbourPatches:
         """Store every patch of the normal ``(3, H, W)`` images."""
         if not normal_images:
             msg = "The reference needs at least one normal image."
             raise ValueError(msg)
-        self.bank = torch.cat([self._patches(image) for image in normal_images])
+        self.bank = torch.cat([self.patches(image)[0] for image in normal_images])
         return self
 
     @torch.no_grad()
@@ -47,9 +57,8 @@ class NearestNeighbourPatches:
         if self.bank is None:
             msg = "Call fit() with normal images first."
             raise RuntimeError(msg)
-        patches = self._patches(image)
+        patches, grid = self.patches(image)
         nearest = torch.cat([torch.cdist(chunk, self.bank).amin(dim=1) for chunk in patches.split(1024)])
-        grid = (self.size - self.patch) // self.stride + 1
         distances = nearest.reshape(1, 1, grid, grid)
         upsampled = F.interpolate(distances, size=(self.size, self.size), mode="bilinear", align_corners=False)
         kernel = 2 * round(4 * self.sigma) + 1
@@ -70,12 +79,21 @@ def ground_truth_mask(image: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(mask) > 127)
 
 
-def reference_records(root: str | Path, categories: Sequence[str], size: int = 224) -> list[ImageRecord]:
-    """Score every test image of each MVTec-layout category under ``root`` against its ``train/good``."""
+def reference_records(
+    root: str | Path,
+    categories: Sequence[str],
+    size: int = 224,
+    detector: Callable[[], NearestNeighbourPatches] | None = None,
+) -> list[ImageRecord]:
+    """Score every test image of each MVTec-layout category under ``root`` against its ``train/good``.
+
+    ``detector`` makes each category's unfitted detector (default: colour patches at ``size``).
+    """
     root, records = Path(root), []
     for category in categories:
         folder = root / category
-        model = NearestNeighbourPatches(size).fit([_read(p) for p in sorted((folder / "train" / "good").glob("*.png"))])
+        model = detector() if detector is not None else NearestNeighbourPatches(size)
+        model.fit([_read(p) for p in sorted((folder / "train" / "good").glob("*.png"))])
         for path in sorted((folder / "test").glob("*/*.png")):
             label, mask = int(path.parent.name != "good"), ground_truth_mask(path, size)
             anomaly_map = model.anomaly_map(_read(path))

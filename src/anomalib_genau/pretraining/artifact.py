@@ -14,10 +14,19 @@ import torch
 from anomalib_genau.backbone import TINY, build_tiny_tokenizer, random_backbone, save_backbone
 
 from .scenes import corpus
-from .stages import LANGUAGE_SCHEDULE, VISION_SCHEDULE, Log, Schedule, pretrain_language, pretrain_vision_tower
+from .stages import (
+    GROUNDING_POSITIVE_WEIGHT,
+    GROUNDING_WEIGHT,
+    LANGUAGE_SCHEDULE,
+    VISION_SCHEDULE,
+    Log,
+    Schedule,
+    pretrain_language,
+    pretrain_vision_tower,
+)
 
 # Bump when the scenes, the stages or the architecture change: an artifact of another version is refused.
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 MANIFEST = "pretraining.json"
 WEIGHTS = "model.safetensors"
 SHIPPED_BACKBONE = Path(__file__).resolve().parent.parent / "resources" / "genau-tiny-pretrained"
@@ -58,6 +67,8 @@ def pretrain_tiny_backbone(
         "version": ARTIFACT_VERSION,
         "seed": seed,
         "vision_schedule": asdict(vision),
+        "grounding_weight": GROUNDING_WEIGHT,
+        "grounding_positive_weight": GROUNDING_POSITIVE_WEIGHT,
         "language_schedule": asdict(language),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -36,6 +36,10 @@ POSITIONS = (
     ("bottom left", "bottom", "bottom right"),
 )
 NUMBERS = ("no", "one", "two", "three")
+# Faint marks are named by their brightness against the background, not by a colour: a
+# "lighter" or "darker" shade of the background's own colour (as low-contrast as its pattern).
+FAINT = {"lighter": 1, "darker": -1}
+FAINT_SHARE = 0.3
 MARKS_QUESTION = "Are there any marks?"
 
 
@@ -71,14 +75,17 @@ class Scene:
 
 
 def draw_scene(rng: Rng) -> Scene:
-    """A random scene: 0-3 marks, each in its own grid cell and of another colour than the background."""
+    """A random scene: 0-3 marks, each in its own cell, of another colour or (faint) a shade of the background."""
     colour = str(rng.choice(list(COLOURS)))
     cells = rng.permutation(9)[: int(rng.choice(4, p=[0.25, 0.35, 0.25, 0.15]))]
+    brightness = float(np.mean(COLOURS[colour]))
+    shades = [name for name, sign in FAINT.items() if 50 < brightness + sign * 60 < 205]
     marks = []
     for cell in cells:
         shape = str(rng.choice(SHAPES))
         sizes = ("thin", "thick") if shape == "line" else ("small", "large")
-        mark_colour = str(rng.choice([name for name in COLOURS if name != colour]))
+        faint = rng.random() < FAINT_SHARE
+        mark_colour = str(rng.choice(shades if faint else [name for name in COLOURS if name != colour]))
         marks.append(Mark(shape, mark_colour, str(rng.choice(sizes)), int(cell) // 3, int(cell) % 3))
     return Scene(str(rng.choice(BACKGROUNDS)), colour, tuple(marks))
 
@@ -112,34 +119,60 @@ def _background(scene: Scene, rng: Rng, size: int) -> np.ndarray:
 
 def render(scene: Scene, rng: Rng, size: int = 112) -> np.ndarray:
     """The scene as a ``(size, size, 3)`` uint8 RGB image (positions jitter inside their cells)."""
+    return render_with_marks(scene, rng, size)[0]
+
+
+def render_with_marks(scene: Scene, rng: Rng, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render`'s image (the same for the same ``rng``) and the ``(size, size)`` bool pixels its marks cover."""
     image = Image.fromarray(np.clip(_background(scene, rng, size), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
+    covered = Image.new("L", (size, size))
     cell = size / 3
     for mark in scene.marks:
-        fill = tuple(int(np.clip(v + rng.normal(0, 10), 0, 255)) for v in COLOURS[mark.colour])
+        if mark.colour in FAINT:
+            base = np.array(COLOURS[scene.colour]) + FAINT[mark.colour] * rng.uniform(20, 45)
+        else:
+            base = np.array(COLOURS[mark.colour])
+        fill = tuple(int(np.clip(v + rng.normal(0, 10), 0, 255)) for v in base)
         cy, cx = (np.array([mark.row, mark.column]) + rng.uniform(0.3, 0.7, size=2)) * cell
         radius = cell * (rng.uniform(0.3, 0.45) if mark.size == "large" else rng.uniform(0.08, 0.18))
         box = [cx - radius, cy - radius, cx + radius, cy + radius]
-        if mark.shape in ("circle", "spot"):
-            radius = radius if mark.shape == "circle" else max(1.0, radius / 2)
-            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
-        elif mark.shape == "square":
-            draw.rectangle(box, fill=fill)
-        elif mark.shape == "triangle":
-            draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
-        elif mark.shape == "ring":
-            draw.ellipse(box, outline=fill, width=max(1, int(radius / 3)))
-        elif mark.shape == "cross":
-            width = max(1, int(radius / 3))
-            draw.line([(cx - radius, cy), (cx + radius, cy)], fill=fill, width=width)
-            draw.line([(cx, cy - radius), (cx, cy + radius)], fill=fill, width=width)
-        else:  # line: 1-2 px or 3-6 px at 112 px, at any angle, about one cell long
-            angle = rng.uniform(0, np.pi)
-            half = cell * rng.uniform(0.35, 0.5)
-            dx, dy = half * np.cos(angle), half * np.sin(angle)
+        angle, half = (rng.uniform(0, np.pi), cell * rng.uniform(0.35, 0.5)) if mark.shape == "line" else (0.0, 0.0)
+        width = 1
+        if mark.shape == "line":  # 1-2 px or 3-6 px at 112 px, at any angle, about one cell long
             width = int(rng.integers(1, 3) if mark.size == "thin" else rng.integers(3, 7)) * max(1, size // 112)
-            draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=fill, width=width)
-    return np.asarray(image)
+        for target, colour in ((image, fill), (covered, 255)):
+            _draw_mark(ImageDraw.Draw(target), mark.shape, colour, (cx, cy), radius, box, (angle, half, width))
+    return np.asarray(image), np.asarray(covered) > 0
+
+
+def _draw_mark(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    fill: tuple[int, ...] | int,
+    centre: tuple[float, float],
+    radius: float,
+    box: list[float],
+    line: tuple[float, float, int],
+) -> None:
+    """Draw one mark of :func:`render_with_marks`'s geometry; ``line`` is a line's (angle, half length, width)."""
+    cx, cy = centre
+    if shape in ("circle", "spot"):
+        radius = radius if shape == "circle" else max(1.0, radius / 2)
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
+    elif shape == "ring":
+        draw.ellipse(box, outline=fill, width=max(1, int(radius / 3)))
+    elif shape == "cross":
+        width = max(1, int(radius / 3))
+        draw.line([(cx - radius, cy), (cx + radius, cy)], fill=fill, width=width)
+        draw.line([(cx, cy - radius), (cx, cy + radius)], fill=fill, width=width)
+    else:
+        angle, half, width = line
+        dx, dy = half * np.cos(angle), half * np.sin(angle)
+        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=fill, width=width)
 
 
 def _background_words(scene: Scene) -> str:
@@ -191,7 +224,7 @@ def questions(scene: Scene, rng: Rng) -> list[tuple[str, str]]:
 
 def corpus() -> list[str]:
     """Every word the scenes' captions, questions and answers use, for the tokenizer."""
-    words = [*COLOURS, *BACKGROUNDS, *SHAPES, *NUMBERS, "small", "large", "thin", "thick"]
+    words = [*COLOURS, *FAINT, *BACKGROUNDS, *SHAPES, *NUMBERS, "small", "large", "thin", "thick"]
     words += [position for row in POSITIONS for position in row]
     rng = np.random.default_rng(0)
     sentences = [" ".join(words)]
