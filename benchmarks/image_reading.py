@@ -20,7 +20,7 @@ and prints, next to each other, held-out AUROC of:
 bias removes the mean token) and scaled to the text embeddings' norm; ``--frozen-projector``
 keeps the projector as it is while the decoder fine-tunes; ``--curriculum`` fine-tunes on scenes
 whose marks are all large or thick first, and ``--recall-steps`` then recalls stage 2's questions
-at a fifth of the rate (the candidate third stage of the stand-in's pre-training,
+at a fifth of the rate (the third stage tried on version 1 of the stand-in,
 :func:`~anomalib_genau.pretraining.stages.pretrain_local_reading`); ``--save`` writes the
 fine-tuned stand-in, which GenAU trains on with ``--model.backbone DIR``.
 
