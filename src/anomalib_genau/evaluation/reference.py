@@ -27,20 +27,14 @@ class NearestNeighbourPatches:
     Subclasses score other patch descriptors by overriding :meth:`patches`.
     """
 
-    def __init__(
-        self, size: int = 224, patch: int = 8, stride: int = 4, sigma: float = 4.0, centre: bool = True
-    ) -> None:
-        self.size, self.patch, self.stride, self.sigma, self.centre = size, patch, stride, sigma, centre
+    def __init__(self, size: int = 224, patch: int = 8, stride: int = 4, sigma: float = 4.0) -> None:
+        self.size, self.patch, self.stride, self.sigma = size, patch, stride, sigma
         self.bank: torch.Tensor | None = None
 
     def patches(self, image: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """``(3, H, W)`` in [0, 1] -> the ``(grid**2, 3 * patch**2)`` patches of the resized image, and ``grid``.
-
-        With ``centre``, the image's mean colour is subtracted first.
-        """
+        """``(3, H, W)`` in [0, 1] -> ``(grid**2, 3 * patch**2)`` patches of the mean-centred image, ``grid``."""
         image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True)
-        if self.centre:
-            image = image - image.mean(dim=(2, 3), keepdim=True)
+        image = image - image.mean(dim=(2, 3), keepdim=True)
         return F.unfold(image, self.patch, stride=self.stride)[0].T, (self.size - self.patch) // self.stride + 1
 
     def fit(self, normal_images: Sequence[torch.Tensor]) -> NearestNeighbourPatches:
