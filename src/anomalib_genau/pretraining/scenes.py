@@ -136,12 +136,13 @@ def render_with_marks(scene: Scene, rng: Rng, size: int = 112) -> tuple[np.ndarr
         cy, cx = (np.array([mark.row, mark.column]) + rng.uniform(0.3, 0.7, size=2)) * cell
         radius = cell * (rng.uniform(0.3, 0.45) if mark.size == "large" else rng.uniform(0.08, 0.18))
         box = [cx - radius, cy - radius, cx + radius, cy + radius]
-        angle, half = (rng.uniform(0, np.pi), cell * rng.uniform(0.35, 0.5)) if mark.shape == "line" else (0.0, 0.0)
-        width = 1
+        line = (0.0, 0.0, 1)
         if mark.shape == "line":  # 1-2 px or 3-6 px at 112 px, at any angle, about one cell long
+            angle, half = rng.uniform(0, np.pi), cell * rng.uniform(0.35, 0.5)
             width = int(rng.integers(1, 3) if mark.size == "thin" else rng.integers(3, 7)) * max(1, size // 112)
+            line = (angle, half, width)
         for target, colour in ((image, fill), (covered, 255)):
-            _draw_mark(ImageDraw.Draw(target), mark.shape, colour, (cx, cy), radius, box, (angle, half, width))
+            _draw_mark(ImageDraw.Draw(target), mark.shape, colour, (cx, cy), radius, box, line)
     return np.asarray(image), np.asarray(covered) > 0
 
 
