@@ -1,7 +1,7 @@
 """Do the stand-in tower's stage features hold the generated defects? Nearest-neighbour patches on them.
 
     python benchmarks/feature_reference.py [ROOT] [--backbone DIR] [--size 224]
-        [--stages 0 2 4 6 all] [--modes raw centred normalised]
+        [--stages all 0 3] [--modes raw centred normalised]
 
 The reference's scoring rule (``benchmarks/reference.py``: each test patch's distance to its
 nearest patch of the category's own ``train/good`` images, blurred) on the features GenAU's
@@ -52,16 +52,14 @@ class TowerPatches(NearestNeighbourPatches):
         pinpoints, tile = self.model.llava.config.image_grid_pinpoints, self.model.tile_size
         stages = []
         for stage in self.stages:
-            features = reassemble_tiles(vision.tile_stages[0][stage], vision.image_sizes[0], pinpoints, tile).flatten(
-                0, 1
-            )
+            grid = reassemble_tiles(vision.tile_stages[0][stage], vision.image_sizes[0], pinpoints, tile)
+            features = grid.flatten(0, 1)
             if self.mode == "centred":
                 features = features - features.mean(dim=0)
             elif self.mode == "normalised":
                 features = F.normalize(features, dim=-1)
             stages.append(features)
-        grid = round(len(stages[0]) ** 0.5)
-        return torch.cat(stages, dim=-1), grid
+        return torch.cat(stages, dim=-1), grid.shape[0]
 
 
 def main() -> None:

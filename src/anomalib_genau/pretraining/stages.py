@@ -22,7 +22,7 @@ parts learn to answer "Are there any marks?" alone, loud marks first, then recal
 questions at a lower rate. After version 1's stage 2 the 2-layer decoder read only what
 averaging over the image tokens keeps (the background's colour), never a small mark, and this
 stage taught it the look-up. With the grounding loss, the image tokens carry the marks and
-stage 2 alone reads them (marks yes/no AUROC 0.998 against 0.470: benchmarks/RESULTS.md, issue 18).
+stage 2 alone reads them (benchmarks/RESULTS.md, issue 18).
 
 The loops are written here rather than with Lightning's Trainer: each is a plain AdamW loop
 over freshly generated batches, deterministic by seed, without checkpoints or logging.
