@@ -1,17 +1,20 @@
 """The demo's configuration trained with other model settings, each from the same seed, side by side.
 
     python benchmarks/demo_settings.py [--workdir demo_settings] [--target ROOT] [--seeds 0 1]
-        --settings "temperature=0.07" "temperature=2.0" "temperature=1.0 lora_dropout=0.0"
+        --settings "temperature=0.07" "temperature=2.0" "data.multi_type_ratio=0.5 trainer.max_epochs=16"
 
 Each setting is a space-separated list of ``GenAU`` arguments (``key=value``, passed as
-``--model.key=value``) applied to ``configs/genau_tiny.yaml``: the pre-trained tiny stand-in
-trained on the generated source. Every setting and seed is fitted through anomalib's CLI classes
-(seeded by ``SeededAnomalibCLI``, so a setting run twice gives the same figures) and tested on the
-demo's held-out target, or on ``--target``, a generated MVTec-layout root with its
-``difficulty.csv`` (``anomalib-genau synthetic-data`` with another seed). The table gives pixel
+``--model.key=value``) or of datamodule and trainer arguments (``data.key=value`` and
+``trainer.key=value``, passed as they are), applied to ``configs/genau_tiny.yaml``: the
+pre-trained tiny stand-in trained on the generated source. Every setting and seed is fitted
+through anomalib's CLI classes (seeded by ``SeededAnomalibCLI``, so a setting run twice gives the
+same figures) and tested on the demo's held-out target, or on ``--target``, a generated
+MVTec-layout root with its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another
+seed). The table gives pixel
 AUROC and the map maximum's image AUROC on the target's easy and subtle parts and on all of it,
 the image AUROC of the model's own score on all of it (the fused score with ``score_fusion=true``),
-the yes/no answer's agreement with the label, and the train + test time.
+the yes/no answer's agreement with the label, the defect type's weighted F1 (the configuration's
+``generate`` mode) on the easy part and on all of it, and the train + test time.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ def enter_workdir(workdir: Path) -> None:
     print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
+def flag(assignment: str) -> str:
+    """The CLI flag of a setting's ``key=value``: ``model.`` unless it names ``data.`` or ``trainer.``."""
+    return assignment if assignment.startswith(("data.", "trainer.")) else f"model.{assignment}"
+
+
 def main() -> None:
     """Prepare the demo's artifacts in the work folder, run every setting and seed, print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,10 +81,13 @@ def main() -> None:
     target = args.target.resolve() if args.target else None
     enter_workdir(args.workdir)
     columns = [f"{part} {kind}" for part in PARTS for kind in ("pixel", "image")]
-    header = "| setting | seed | " + " | ".join(columns) + " | all score | yes/no agreement | train + test |"
+    header = (
+        "| setting | seed | " + " | ".join(columns) + " | all score | yes/no agreement | easy type F1 | all type F1 "
+        "| train + test |"
+    )
     print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
     for index, setting in enumerate(args.settings):
-        flags = [f"--model.{assignment}" for assignment in setting.split()]
+        flags = [f"--{flag(assignment)}" for assignment in setting.split()]
         flags += [] if target is None else [f"--data.target_root={target}"]
         for seed in args.seeds:
             parts, _, seconds = train_and_test([*flags, f"--seed_everything={seed}"], f"setting{index}_seed{seed}")
@@ -84,6 +95,7 @@ def main() -> None:
                 f"{parts[part][metric]:.3f}" for part in PARTS for metric in ("pixel_AUROC", "image_AUROC_map_max")
             ]
             cells += [f"{parts['all']['image_AUROC']:.3f}", f"{parts['all']['yes_no_agreement']:.3f}"]
+            cells += [f"{parts[part]['type_WeightedF1']:.3f}" for part in ("easy", "all")]
             print(f"| {setting} | {seed} | {' | '.join(cells)} | {seconds:.0f} s |", flush=True)
 
 

@@ -13,6 +13,8 @@ and prints, next to each other, held-out AUROC of:
   (projector and decoder, or everything with ``--train-tower``), with their spread;
 - the greedy answer to "What is the background?": its colour (a global statistic) and its
   pattern (local structure) against chance;
+- the greedy answer to "What is at the <position>?" about a mark: its shape (what a defect type
+  needs) against chance, and its colour;
 - the spectrum of the tower's features and of the projected image tokens: their mean norm, the
   norm of their mean, and their standard deviation along the first principal directions.
 
@@ -39,7 +41,15 @@ from torchmetrics.functional.classification import binary_auroc
 from anomalib_genau.backbone import load_backbone, save_backbone
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
 from anomalib_genau.pretraining.artifact import DIALOGUE_IMAGE_SIZE
-from anomalib_genau.pretraining.scenes import BACKGROUNDS, COLOURS, MARKS_QUESTION, draw_scene, questions, render
+from anomalib_genau.pretraining.scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    MARKS_QUESTION,
+    SHAPES,
+    draw_scene,
+    questions,
+    render,
+)
 from anomalib_genau.pretraining.stages import RECALL_SCHEDULE, Schedule, marks_batch, pretrain_local_reading
 
 
@@ -88,6 +98,17 @@ def read_marks(model, processor, seed: int, batches: int = 8) -> dict[str, torch
     return {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
 
 
+def greedy_answer(model, processor, image: np.ndarray, question: str) -> str:
+    """The decoder's greedy answer (up to 10 tokens) to one question about one image."""
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+        add_generation_prompt=True,
+    )
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+    return processor.tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+
+
 @torch.no_grad()
 def background_answers(model, processor, seed: int, count: int = 40) -> tuple[float, float]:
     """Share of greedy answers to "What is the background?" naming its colour, and its pattern."""
@@ -95,16 +116,27 @@ def background_answers(model, processor, seed: int, count: int = 40) -> tuple[fl
     for _ in range(count):
         scene = draw_scene(rng)
         question = next(q for q, _ in questions(scene, rng) if q == "What is the background?")
-        prompt = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-            add_generation_prompt=True,
-        )
-        inputs = processor(images=[render(scene, rng)], text=[prompt], return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=10, do_sample=False)
-        answer = processor.tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
-        colour += scene.colour in answer.split()
-        pattern += scene.background in answer.split()
+        answer = greedy_answer(model, processor, render(scene, rng), question).split()
+        colour += scene.colour in answer
+        pattern += scene.background in answer
     return colour / count, pattern / count
+
+
+@torch.no_grad()
+def mark_answers(model, processor, seed: int, count: int = 40) -> tuple[float, float]:
+    """Share of greedy answers to "What is at the <position>?" about a mark naming its shape, and its colour."""
+    rng, shape, colour, asked = np.random.default_rng(seed), 0, 0, 0
+    while asked < count:
+        scene = draw_scene(rng)
+        if not scene.marks:
+            continue
+        mark = scene.marks[0]
+        answer = greedy_answer(model, processor, render(scene, rng), f"What is at the {mark.position}?")
+        words = answer.lower().replace(".", " ").split()
+        shape += mark.shape in words
+        colour += mark.colour in words
+        asked += 1
+    return shape / count, colour / count
 
 
 @torch.no_grad()
@@ -181,6 +213,11 @@ def main() -> None:
         f"'What is the background?': colour named {colour:.2f} (chance {1 / len(COLOURS):.2f}), "
         f"pattern named {pattern:.2f} (chance {1 / len(BACKGROUNDS):.2f})"
     )
+    shape, colour = mark_answers(model, processor, seed=4)
+    print(
+        f"'What is at the <a mark's position>?': shape named {shape:.2f} (chance {1 / len(SHAPES):.2f}), "
+        f"colour named {colour:.2f}"
+    )
     if args.finetune_steps:
         frozen = () if args.train_tower else ("vision_tower",)
         frozen += ("multi_modal_projector",) if args.frozen_projector else ()
@@ -211,6 +248,8 @@ def main() -> None:
         print("after: " + token_spectrum(model, processor, seed=5))
         colour, pattern = background_answers(model, processor, seed=3)
         print(f"after: 'What is the background?': colour named {colour:.2f}, pattern named {pattern:.2f}")
+        shape, colour = mark_answers(model, processor, seed=4)
+        print(f"after: 'What is at the <a mark's position>?': shape named {shape:.2f}, colour named {colour:.2f}")
         if args.save:
             print(f"saved to {save_backbone(model, processor, args.save)}")
     print(f"{time.perf_counter() - start:.0f} s, {torch.get_num_threads()} threads")

@@ -7,7 +7,7 @@ import torch
 
 from anomalib_genau.data.synthetic import generate_mvtec_dataset, read_difficulty
 from anomalib_genau.evaluation import ImageRecord, NearestNeighbourPatches, part_metrics, reference_records
-from anomalib_genau.evaluation.parts import is_clean, says_yes
+from anomalib_genau.evaluation.parts import is_clean, records_from_batches, says_yes
 
 
 def test_answers_are_read_as_yes_no_and_degenerate_ones_are_not_clean() -> None:
@@ -18,6 +18,30 @@ def test_answers_are_read_as_yes_no_and_degenerate_ones_are_not_clean() -> None:
     assert is_clean("Yes, hole.")
     assert not is_clean("Yes,es,es,es,es")
     assert not is_clean("Yes, the tYes, the tYes, color")
+
+
+def test_records_are_read_from_anomalib_batches_without_type_fields(tmp_path: Path) -> None:
+    """A plain anomalib datamodule's test batches (one-class GenAU) carry no ``pred_types``."""
+    from anomalib.data import ImageBatch
+
+    paths = [str(tmp_path / "a" / "test" / name / "0.png") for name in ("good", "hole")]
+    batch = ImageBatch(
+        image=torch.zeros(2, 3, 4, 4),
+        image_path=paths,
+        gt_label=torch.tensor([0, 1]),
+        gt_mask=torch.zeros(2, 4, 4, dtype=torch.bool),
+        anomaly_map=torch.rand(2, 1, 4, 4),
+        pred_score=torch.tensor([0.25, 0.75]),
+        explanation=["No, the a is normal.", "Yes, anomaly."],
+    )
+    records = records_from_batches([batch], tmp_path)
+    assert [(r.key, r.label, r.score, r.answer) for r in records] == [
+        ("a/test/good/0.png", 0, 0.25, "No, the a is normal."),
+        ("a/test/hole/0.png", 1, 0.75, "Yes, anomaly."),
+    ]
+    assert all(r.pred_types is None and r.gt_types is None for r in records)
+    assert torch.equal(records[1].anomaly_map, batch.anomaly_map[1].squeeze())
+    assert records[1].anomaly_map.shape == (4, 4)
 
 
 def _record(key: str, label: int, score: float, hot: bool, answer: str) -> ImageRecord:

@@ -55,6 +55,8 @@ def records_from_batches(batches: Iterable[object], root: str | Path) -> list[Im
     for batch in batches:
         masks = batch.gt_mask if batch.gt_mask is not None else torch.zeros_like(batch.anomaly_map, dtype=torch.bool)
         answers = batch.explanation or [""] * len(batch.image_path)
+        # anomalib's own batches (a plain datamodule's test split) carry no type fields
+        pred_types, gt_types = getattr(batch, "pred_types", None), getattr(batch, "gt_types", None)
         for index, path in enumerate(batch.image_path):
             records.append(
                 ImageRecord(
@@ -65,8 +67,8 @@ def records_from_batches(batches: Iterable[object], root: str | Path) -> list[Im
                     anomaly_map=batch.anomaly_map[index].squeeze().float().clone(),
                     score=float(batch.pred_score[index]),
                     answer=answers[index],
-                    pred_types=None if batch.pred_types is None else batch.pred_types[index],
-                    gt_types=None if batch.gt_types is None else batch.gt_types[index],
+                    pred_types=None if pred_types is None else pred_types[index],
+                    gt_types=None if gt_types is None else gt_types[index],
                 )
             )
     return records
