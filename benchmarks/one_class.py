@@ -5,8 +5,9 @@
 Writes, under ``--workdir``: the pre-trained tiny stand-in, a source dataset (the demo's,
 seed 0) and a target dataset (seed 1, every texture family, ``--n-train`` normal training
 images per category). The cross-dataset model trains on the source's test splits with
-``CrossDataset``, as the demo does; each one-class model trains on one target category's
-``train/good`` only, through a plain anomalib ``MVTecAD`` datamodule (synthetic anomalies).
+``CrossDataset`` and its defaults (``multi_type_ratio`` 0.25, where the demo's config sets 0.5);
+each one-class model trains on one target category's ``train/good`` only, through a plain
+anomalib ``MVTecAD`` datamodule (synthetic anomalies).
 Both are tested on each target category's test split with anomalib's metrics. The model's
 hyper-parameters are those of ``configs/genau_tiny.yaml``; ``--size`` is the side the images are
 resized to (224: the data's own; 336: AnyRes's largest grid of the stand-in, 3 x 3 tiles). Beside
