@@ -10,11 +10,11 @@ pre-trained tiny stand-in trained on the generated source. Every setting and see
 through anomalib's CLI classes (seeded by ``SeededAnomalibCLI``, so a setting run twice gives the
 same figures) and tested on the demo's held-out target, or on ``--target``, a generated
 MVTec-layout root with its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another
-seed). The table gives pixel
-AUROC and the map maximum's image AUROC on the target's easy and subtle parts and on all of it,
-the image AUROC of the model's own score on all of it (the fused score with ``score_fusion=true``),
-the yes/no answer's agreement with the label, the defect type's weighted F1 (the configuration's
-``generate`` mode) on the easy part and on all of it, and the train + test time.
+seed). The table gives pixel AUROC and the map maximum's image AUROC on the target's easy and
+subtle parts and on all of it, the image AUROC of the model's own score on all of it (the fused
+score with ``score_fusion=true``), the yes/no answer's agreement with the label, the defect type's
+weighted F1 (the configuration's ``generate`` mode) on the easy part and on all of it, and the
+train + test time.
 """
 
 from __future__ import annotations
