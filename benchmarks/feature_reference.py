@@ -1,7 +1,7 @@
 """Do the stand-in tower's stage features hold the generated defects? Nearest-neighbour patches on them.
 
     python benchmarks/feature_reference.py [ROOT] [--backbone DIR] [--size 224]
-        [--stages all 0 3] [--modes raw centred normalised]
+        [--stages all 0 3] [--modes raw centred normalised] [--vision-layers 1 2 3 4 5 6]
 
 The reference's scoring rule (``benchmarks/reference.py``: each test patch's distance to its
 nearest patch of the category's own ``train/good`` images, blurred) on the features GenAU's
@@ -69,10 +69,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--stages", nargs="+", default=["all"], help="indices into GenAU's readout stages, or all")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument(
+        "--vision-layers", type=int, nargs="+", help="the tower's hidden_states to read (default: GenAU's stages)"
+    )
     args = parser.parse_args()
     difficulty = read_difficulty(args.root)
     categories = sorted(path.name for path in args.root.iterdir() if (path / "train").is_dir())
-    model = GenAUModel(args.backbone, lora=False).eval()
+    model = GenAUModel(args.backbone, lora=False, vision_layers=args.vision_layers).eval()
     layers = model.vision_layers
     print(f"{args.backbone}: readout stages (hidden_states) {list(layers)}; {args.root}, {args.size} px")
     print("| stages | features | easy pixel | easy image | subtle pixel | subtle image | seconds |")

@@ -68,6 +68,18 @@ def test_artifact_commands(tmp_path: Path) -> None:
     assert (tmp_path / "all" / "RealIAD" / "realiad_jsons" / "realiad_jsons_sv" / "audiojack.json").is_file()
 
 
+def test_synthetic_data_writes_the_chosen_textures_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    sizes = ["--n-train", "1", "--n-test-good", "1", "--n-test-per-defect", "1", "--image-size", "32"]
+    main(["synthetic-data", str(tmp_path / "target"), "--categories", "wood", "grid", *sizes])
+    assert sorted(p.name for p in (tmp_path / "target").iterdir() if p.is_dir()) == ["grid", "wood"]
+    assert (tmp_path / "target" / "grid" / "ground_truth" / "thread").is_dir()
+    with pytest.raises(SystemExit, match=r"Unknown generated categories \['bottle'\]; choose among carpet"):
+        main(["synthetic-data", str(tmp_path / "other"), "--categories", "bottle", *sizes])
+    with pytest.raises(SystemExit, match="not Visa's"):
+        main(["synthetic-data", str(tmp_path / "other"), "--layout", "Visa", "--categories", "wood", *sizes])
+    assert not (tmp_path / "other").exists()
+
+
 def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Path) -> None:
     config = str(repo_root / "configs" / "genau_tiny.yaml")
     demo = _run(str(BIN / "anomalib-genau"), "demo", "--config", config, "--epochs", "1", cwd=tmp_path)

@@ -42,11 +42,28 @@ def synthetic_data(args: argparse.Namespace) -> None:
         "image_size": args.image_size,
         "subtle_fraction": args.subtle_fraction,
     }
+    if args.categories:
+        counts["categories"] = _texture_categories(args.categories, args.layout)
     if args.layout == "all":
         for layout, generate in LAYOUT_GENERATORS.items():
             print(generate(args.directory / layout, seed=args.seed, **counts))
     else:
         print(LAYOUT_GENERATORS[args.layout](args.directory, seed=args.seed, **counts))
+
+
+def _texture_categories(names: list[str], layout: str) -> dict[str, tuple[str, ...]]:
+    """The MVTec-AD layout's generated categories called ``names``, with their defect folders."""
+    from anomalib_genau.data.synthetic import DEFAULT_CATEGORIES, UNSEEN_CATEGORIES
+
+    known = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
+    if layout != "MVTecAD":
+        msg = f"--categories chooses among the MVTecAD layout's textures ({', '.join(known)}), not {layout}'s."
+        raise SystemExit(msg)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        msg = f"Unknown generated categories {unknown}; choose among {', '.join(known)}."
+        raise SystemExit(msg)
+    return {name: tuple(known[name]) for name in names}
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -246,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     data.add_argument("--image-size", type=int, default=128)
     data.add_argument(
         "--subtle-fraction", type=float, default=0.5, help="share of subtle (thin, faint, small) defects, in [0, 1]"
+    )
+    data.add_argument(
+        "--categories",
+        nargs="+",
+        metavar="NAME",
+        help="MVTecAD layout: the textures to write (default carpet leather tile; the demo's target adds wood grid)",
     )
     data.set_defaults(handler=synthetic_data)
 
