@@ -55,7 +55,7 @@ class Schedule:
     learning_rate: float
 
 
-VISION_SCHEDULE = Schedule(steps=800, batch_size=64, learning_rate=2e-3)
+VISION_SCHEDULE = Schedule(steps=3200, batch_size=64, learning_rate=2e-3)
 LANGUAGE_SCHEDULE = Schedule(steps=1500, batch_size=16, learning_rate=2e-3)
 READING_SCHEDULE = Schedule(steps=600, batch_size=16, learning_rate=1e-3)
 RECALL_SCHEDULE = Schedule(steps=200, batch_size=16, learning_rate=2e-4)
