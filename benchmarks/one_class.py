@@ -78,8 +78,8 @@ def main() -> None:
 
     from anomalib_genau.data import CrossDataset
     from anomalib_genau.data.synthetic import (
+        ALL_CATEGORIES,
         DEFAULT_CATEGORIES,
-        UNSEEN_CATEGORIES,
         generate_mvtec_dataset,
         read_difficulty,
     )
@@ -90,10 +90,9 @@ def main() -> None:
     root = args.workdir
     backbone = install_pretrained_backbone(root / "backbone")
     source = generate_mvtec_dataset(root / "source", DEFAULT_CATEGORIES, n_train=4, seed=0, **TEST_SIZE)
-    families = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
-    categories = args.categories or list(families)
+    categories = args.categories or list(ALL_CATEGORIES)
     target = generate_mvtec_dataset(
-        root / "target", {name: families[name] for name in categories}, n_train=args.n_train, seed=1, **TEST_SIZE
+        root / "target", {name: ALL_CATEGORIES[name] for name in categories}, n_train=args.n_train, seed=1, **TEST_SIZE
     )
     print(f"CPU: {cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 

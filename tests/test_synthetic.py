@@ -7,9 +7,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 from anomalib_genau.data.synthetic import (
+    ALL_CATEGORIES,
     DEFAULT_CATEGORIES,
     DEFECT_DRAWERS,
-    UNSEEN_CATEGORIES,
     _texture,
     draw_defects,
     generate_mvtec_dataset,
@@ -43,7 +43,7 @@ def test_masks_cover_the_drawn_defect(subtle: bool) -> None:
     """Inside the mask the texture changed by the defect's contrast; away from it, not at all."""
     size, rng = 256, np.random.default_rng(0)
     signs = set()
-    for category, defects in {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}.items():
+    for category, defects in ALL_CATEGORIES.items():
         for defect in defects:
             texture = np.clip(_texture(category, rng, size), 0, 255)
             image, mask = draw_defects(texture, [DEFECT_DRAWERS.get(defect, DEFECT_DRAWERS["broken"])], rng, subtle)

@@ -53,17 +53,16 @@ def synthetic_data(args: argparse.Namespace) -> None:
 
 def _texture_categories(names: list[str], layout: str) -> dict[str, tuple[str, ...]]:
     """The MVTec-AD layout's generated categories called ``names``, with their defect folders."""
-    from anomalib_genau.data.synthetic import DEFAULT_CATEGORIES, UNSEEN_CATEGORIES
+    from anomalib_genau.data.synthetic import ALL_CATEGORIES
 
-    known = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
     if layout != "MVTecAD":
-        msg = f"--categories chooses among the MVTecAD layout's textures ({', '.join(known)}), not {layout}'s."
+        msg = f"--categories chooses among the MVTecAD layout's textures ({', '.join(ALL_CATEGORIES)}), not {layout}'s."
         raise SystemExit(msg)
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names if name not in ALL_CATEGORIES]
     if unknown:
-        msg = f"Unknown generated categories {unknown}; choose among {', '.join(known)}."
+        msg = f"Unknown generated categories {unknown}; choose among {', '.join(ALL_CATEGORIES)}."
         raise SystemExit(msg)
-    return {name: tuple(known[name]) for name in names}
+    return {name: tuple(ALL_CATEGORIES[name]) for name in names}
 
 
 def demo(args: argparse.Namespace) -> None:

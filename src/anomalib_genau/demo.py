@@ -34,9 +34,9 @@ def prepare_demo_artifacts(workdir: Path) -> None:
     A random tiny backbone or an outdated pre-trained one left there by an earlier version is replaced.
     """
     from anomalib_genau.data.synthetic import (
+        ALL_CATEGORIES,
         DEFAULT_CATEGORIES,
         DIFFICULTY_FILE,
-        UNSEEN_CATEGORIES,
         generate_mvtec_dataset,
     )
     from anomalib_genau.pretraining import (
@@ -53,8 +53,7 @@ def prepare_demo_artifacts(workdir: Path) -> None:
         except PretrainedBackboneError as error:
             raise SystemExit(str(error)) from None
     # the target adds texture families the source never shows
-    target_categories = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
-    splits = (("source", DEMO_SOURCE_SEED, DEFAULT_CATEGORIES), ("target", DEMO_TARGET_SEED, target_categories))
+    splits = (("source", DEMO_SOURCE_SEED, DEFAULT_CATEGORIES), ("target", DEMO_TARGET_SEED, ALL_CATEGORIES))
     for split, seed, categories in splits:
         if not (workdir / DEMO_DATA / split / DIFFICULTY_FILE).is_file():
             generate_mvtec_dataset(workdir / DEMO_DATA / split, categories, seed=seed, **DEMO_DATA_SIZE)

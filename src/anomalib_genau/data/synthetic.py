@@ -44,6 +44,8 @@ UNSEEN_CATEGORIES: Mapping[str, Sequence[str]] = {
     "wood": ("color", "hole", "scratch"),
     "grid": ("bent", "broken", "thread"),
 }
+# Every texture family the generator draws (the demo's target).
+ALL_CATEGORIES: Mapping[str, Sequence[str]] = {**DEFAULT_CATEGORIES, **UNSEEN_CATEGORIES}
 DIFFICULTY_FILE = "difficulty.csv"
 
 
