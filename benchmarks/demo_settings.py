@@ -11,10 +11,10 @@ through anomalib's CLI classes (seeded by ``SeededAnomalibCLI``, so a setting ru
 same figures) and tested on the demo's held-out target, or on ``--target``, a generated
 MVTec-layout root with its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another
 seed). The table gives pixel AUROC and the map maximum's image AUROC on the target's easy and
-subtle parts and on all of it, the image AUROC of the model's own score on all of it (the fused
-score with ``score_fusion=true``), the yes/no answer's agreement with the label, the defect type's
-weighted F1 (the configuration's ``generate`` mode) on the easy part and on all of it, and the
-train + test time.
+subtle parts and on all of it, the image AUROC of the model's own score on the subtle part and
+on all of it (the fused score with ``score_fusion=true``), the yes/no answer's agreement with the
+label, the share of clean answers, the defect type's weighted F1 (the configuration's
+``generate`` mode) on the easy part and on all of it, and the train + test time.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def main() -> None:
     enter_workdir(args.workdir)
     columns = [f"{part} {kind}" for part in PARTS for kind in ("pixel", "image")]
     header = (
-        "| setting | seed | " + " | ".join(columns) + " | all score | yes/no agreement | easy type F1 | all type F1 "
-        "| train + test |"
+        "| setting | seed | " + " | ".join(columns) + " | subtle score | all score | yes/no agreement "
+        "| clean answers | easy type F1 | all type F1 | train + test |"
     )
     print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
     for index, setting in enumerate(args.settings):
@@ -94,7 +94,8 @@ def main() -> None:
             cells = [
                 f"{parts[part][metric]:.3f}" for part in PARTS for metric in ("pixel_AUROC", "image_AUROC_map_max")
             ]
-            cells += [f"{parts['all']['image_AUROC']:.3f}", f"{parts['all']['yes_no_agreement']:.3f}"]
+            cells += [f"{parts[part]['image_AUROC']:.3f}" for part in ("subtle", "all")]
+            cells += [f"{parts['all'][metric]:.3f}" for metric in ("yes_no_agreement", "clean_answers")]
             cells += [f"{parts[part]['type_WeightedF1']:.3f}" for part in ("easy", "all")]
             print(f"| {setting} | {seed} | {' | '.join(cells)} | {seconds:.0f} s |", flush=True)
 

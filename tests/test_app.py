@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,6 +109,11 @@ def test_an_inspection_is_the_inferencers_answer_and_the_threshold_redraws_its_m
     # edited candidates replace the taxonomy's
     edited = station.inspect(path, path.name, "carpet", candidates=["scratch", "stain"])
     assert set(edited.prediction.pred_defect_type) <= {"scratch", "stain"}
+    # a station serving without the type question (serve --no-defect-type): the same answer, no type
+    untyped = replace(station, defect_type=False).inspect(path, path.name, "carpet")
+    assert untyped.prediction.pred_defect_type is None
+    assert untyped.prediction.explanation == expected.explanation
+    assert untyped.prediction.pred_score == pytest.approx(expected.pred_score, abs=1e-6)
     overlay = np.asarray(inspection.overlay(high))
     assert overlay.shape == (*SIZE, 3)
     outline = overlay[..., 0].astype(int) - overlay[..., 1:].mean(axis=-1)

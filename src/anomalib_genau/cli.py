@@ -207,6 +207,7 @@ def serve(args: argparse.Namespace) -> None:
             max_queue=args.max_queue,
             max_upload_mb=args.max_upload_mb,
             max_megapixels=args.max_megapixels,
+            defect_type=args.defect_type,
         )
         serve_station(options)
     except ServeError as error:
@@ -228,6 +229,9 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     server.add_argument("--max-queue", type=int, default=16, help="waiting requests; more are refused at once")
     server.add_argument("--max-upload-mb", type=int, default=20)
     server.add_argument("--max-megapixels", type=int, default=50)
+    server.add_argument(
+        "--no-defect-type", dest="defect_type", action="store_false", help="leave the type question out (as infer's)"
+    )
     server.set_defaults(handler=serve)
 
 

@@ -45,7 +45,7 @@ def label_text(anomalous: bool) -> str:
 def types_text(types: list[str] | None) -> str:
     """The predicted defect types as the page shows them."""
     if types is None:
-        return "(not asked: no product with candidate types)"
+        return "(not asked: no product with candidate types, or the station serves without the type question)"
     return ", ".join(types) or "none (normal)"
 
 

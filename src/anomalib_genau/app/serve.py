@@ -34,6 +34,7 @@ class ServeOptions:
         max_queue: Requests waiting beyond the running ones; more are refused at once ("queue is full").
         max_upload_mb: Largest upload, in MiB.
         max_megapixels: Largest image, in megapixels.
+        defect_type: ``False`` leaves the type question out of every inspection.
 
     """
 
@@ -48,6 +49,7 @@ class ServeOptions:
     max_queue: int = 16
     max_upload_mb: int = 20
     max_megapixels: int = 50
+    defect_type: bool = True
 
 
 def read_auth(pairs: Sequence[str], files: Sequence[Path]) -> list[tuple[str, str]]:
@@ -131,7 +133,7 @@ def start(options: ServeOptions) -> tuple[Any, str]:
     results = Path(tempfile.mkdtemp(prefix="genau-station-"))
     limits = UploadLimits(max_bytes=options.max_upload_mb * 2**20, max_pixels=options.max_megapixels * 10**6)
     upload_area = Path(gr.utils.get_upload_folder())
-    station = Station(inferencers, [upload_area], results, limits, follow_up)
+    station = Station(inferencers, [upload_area], results, limits, follow_up, options.defect_type)
     page = build_page(station).queue(max_size=options.max_queue)
     page.launch(
         server_name=options.host,

@@ -122,6 +122,8 @@ class Station:
         results_root: Where batch results are written.
         limits: Upload size and pixel limits.
         follow_up: Answers free questions instead of the export (a torch checkpoint), if given.
+        defect_type: ``False`` leaves the type question out of every inspection (the inferencer's
+            ``defect_type``): the same label, score, map and answer, sooner.
 
     """
 
@@ -130,6 +132,7 @@ class Station:
     results_root: Path
     limits: UploadLimits = field(default_factory=UploadLimits)
     follow_up: FollowUpModel | None = None
+    defect_type: bool = True
 
     def __post_init__(self) -> None:
         self._idle: queue.Queue[GenAUOpenVINOInferencer] = queue.Queue()
@@ -197,7 +200,7 @@ class Station:
         start = time.perf_counter()
         resolved, pixels = self.prepare(path, name)
         with self._inferencer() as inferencer:
-            prediction = inferencer.predict(pixels, category, dataset, candidates=candidates)
+            prediction = inferencer.predict(pixels, category, dataset, candidates, self.defect_type)
         return Inspection(resolved, name or resolved.name, pixels, prediction, time.perf_counter() - start)
 
     def prepare(self, path: str | Path, name: str | None = None) -> tuple[Path, torch.Tensor]:
