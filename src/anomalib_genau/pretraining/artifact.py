@@ -26,7 +26,7 @@ from .stages import (
 )
 
 # Bump when the scenes, the stages or the architecture change: an artifact of another version is refused.
-ARTIFACT_VERSION = 3
+ARTIFACT_VERSION = 4
 MANIFEST = "pretraining.json"
 WEIGHTS = "model.safetensors"
 SHIPPED_BACKBONE = Path(__file__).resolve().parent.parent / "resources" / "genau-tiny-pretrained"
