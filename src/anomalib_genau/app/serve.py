@@ -133,7 +133,7 @@ def start(options: ServeOptions) -> tuple[Any, str]:
     results = Path(tempfile.mkdtemp(prefix="genau-station-"))
     limits = UploadLimits(max_bytes=options.max_upload_mb * 2**20, max_pixels=options.max_megapixels * 10**6)
     upload_area = Path(gr.utils.get_upload_folder())
-    station = Station(inferencers, [upload_area], results, limits, follow_up, options.defect_type)
+    station = Station(inferencers, [upload_area], results, limits, follow_up, defect_type=options.defect_type)
     page = build_page(station).queue(max_size=options.max_queue)
     page.launch(
         server_name=options.host,

@@ -200,7 +200,9 @@ class Station:
         start = time.perf_counter()
         resolved, pixels = self.prepare(path, name)
         with self._inferencer() as inferencer:
-            prediction = inferencer.predict(pixels, category, dataset, candidates, self.defect_type)
+            prediction = inferencer.predict(
+                pixels, category, dataset, candidates=candidates, defect_type=self.defect_type
+            )
         return Inspection(resolved, name or resolved.name, pixels, prediction, time.perf_counter() - start)
 
     def prepare(self, path: str | Path, name: str | None = None) -> tuple[Path, torch.Tensor]:
