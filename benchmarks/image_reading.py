@@ -16,7 +16,9 @@ and prints, next to each other, held-out AUROC of:
 - the greedy answer to "What is at the <position>?" about a mark: its shape (what a defect type
   needs) against chance, and its colour;
 - the spectrum of the tower's features and of the projected image tokens: their mean norm, the
-  norm of their mean, and their standard deviation along the first principal directions.
+  norm of their mean, and their standard deviation along the first principal directions;
+- the shape of held-out patches covered by one mark, named by the nearest shape mean of the
+  tower's final-layer features, against always naming the commonest shape.
 
 ``--reset-projector`` re-initialises the projector before fine-tuning, its output centred (the
 bias removes the mean token) and scaled to the text embeddings' norm; ``--frozen-projector``
@@ -49,8 +51,15 @@ from anomalib_genau.pretraining.scenes import (
     draw_scene,
     questions,
     render,
+    render_with_shapes,
 )
-from anomalib_genau.pretraining.stages import RECALL_SCHEDULE, Schedule, marks_batch, pretrain_local_reading
+from anomalib_genau.pretraining.stages import (
+    RECALL_SCHEDULE,
+    Schedule,
+    marks_batch,
+    patch_shapes,
+    pretrain_local_reading,
+)
 
 
 def probe_auroc(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -161,6 +170,31 @@ def token_spectrum(model, processor, seed: int, count: int = 32) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def patch_shape_reading(model, seed: int, count: int = 96) -> str:
+    """How often the nearest shape mean of the tower's final layer names a held-out marked patch's shape.
+
+    Patches covered by one mark only; the means come from ``count`` scenes of ``seed``, the test
+    from ``count`` of ``seed + 1``. Printed against always naming the commonest shape.
+    """
+    tower, patch = model.model.vision_tower, model.config.vision_config.patch_size
+
+    def one_shape_patches(scene_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(scene_seed)
+        images, shapes = zip(*(render_with_shapes(draw_scene(rng), rng) for _ in range(count)), strict=True)
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        features = tower(pixels, output_hidden_states=True).hidden_states[-1].flatten(0, 1)
+        cover = patch_shapes(shapes, patch).flatten(0, 1)
+        one = cover.sum(-1) == 1
+        return features[one], cover[one].argmax(-1)
+
+    (features, shape), (test, test_shape) = one_shape_patches(seed), one_shape_patches(seed + 1)
+    means = torch.stack([features[shape == index].mean(0) for index in range(len(SHAPES))])
+    named = float((torch.cdist(test, means).argmin(-1) == test_shape).float().mean())
+    commonest = float(torch.bincount(test_shape).max() / len(test_shape))
+    return f"tower features: a marked patch's shape named by the nearest mean {named:.2f} (commonest {commonest:.2f})"
+
+
 def image_tokens(model, processor, images: list[np.ndarray]) -> list[torch.Tensor]:
     """Each image's ``(N, D)`` projected tokens."""
     inputs = processor(images=images, text=["<image>"] * len(images), return_tensors="pt")
@@ -208,6 +242,7 @@ def main() -> None:
         f" (spread {float(test['log_odds'].std()):.4f})"
     )
     print(token_spectrum(model, processor, seed=5))
+    print(patch_shape_reading(model, seed=6))
     colour, pattern = background_answers(model, processor, seed=3)
     print(
         f"'What is the background?': colour named {colour:.2f} (chance {1 / len(COLOURS):.2f}), "

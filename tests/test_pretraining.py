@@ -18,6 +18,7 @@ from anomalib_genau.pretraining import (
     pretrain_tiny_backbone,
 )
 from anomalib_genau.pretraining.scenes import (
+    SHAPES,
     Mark,
     Scene,
     caption,
@@ -26,8 +27,9 @@ from anomalib_genau.pretraining.scenes import (
     questions,
     render,
     render_with_marks,
+    render_with_shapes,
 )
-from anomalib_genau.pretraining.stages import Schedule, loud_share, pretrain_local_reading
+from anomalib_genau.pretraining.stages import Schedule, loud_share, patch_shapes, pretrain_local_reading
 from anomalib_genau.taxonomy import load_taxonomy
 
 
@@ -54,6 +56,10 @@ def test_marks_come_with_the_pixels_they_cover():
     painted = np.abs(image - background).sum(-1) > 0
     assert np.array_equal(covered, painted)
     assert covered[:37, 75:].any() and covered[75:, :37].any() and not covered[37:75].any()
+    _, shapes = render_with_shapes(scene, np.random.default_rng(3))
+    assert np.array_equal(shapes > 0, covered)  # each covered pixel is labelled with its mark's shape
+    assert set(np.unique(shapes[:37, 75:])) == {0, SHAPES.index("ring") + 1}
+    assert set(np.unique(shapes[75:, :37])) == {0, SHAPES.index("line") + 1}
 
 
 def test_faint_marks_are_shades_of_the_background_named_by_their_brightness():
@@ -131,24 +137,37 @@ def test_pretraining_is_deterministic_and_checked(tmp_path):
         install_pretrained_backbone(tmp_path / "c", source=tmp_path / "nowhere")
 
 
-def test_shipped_tower_locates_marks_in_its_patch_features():
-    """Stage 1's grounding loss: a mark's patches are linearly readable from the final layer, on held-out scenes."""
+def test_shipped_tower_locates_marks_and_tells_their_shapes_in_its_patch_features():
+    """Stage 1's grounding and shape losses: a mark's patches, and its shape, are readable from the final layer.
+
+    On held-out scenes: the mean difference of marked and unmarked patches ranks the marked ones
+    (AUROC), and the nearest shape mean names the shape of patches covered by one mark.
+    """
     model, _ = load_backbone(SHIPPED_BACKBONE)
     tower, patch = model.model.vision_tower.eval(), model.config.vision_config.patch_size
 
     def patches(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final-layer features ``(N, D)`` of 48 scenes' patches and the shapes covering each ``(N, S)``."""
         rng = np.random.default_rng(seed)
-        images, covered = zip(*(render_with_marks(draw_scene(rng), rng) for _ in range(48)), strict=True)
+        images, shapes = zip(*(render_with_shapes(draw_scene(rng), rng) for _ in range(48)), strict=True)
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
             features = tower(pixels, output_hidden_states=True).hidden_states[-1]
-        marked = torch.nn.functional.max_pool2d(torch.from_numpy(np.stack(covered)).float()[:, None], patch)
-        return features.flatten(0, 1), marked.flatten().bool()
+        return features.flatten(0, 1), patch_shapes(shapes, patch).flatten(0, 1).bool()
 
-    features, marked = patches(100)
+    features, cover = patches(100)
+    marked = cover.any(-1)
     direction = features[marked].mean(0) - features[~marked].mean(0)  # the simplest linear reader
-    held_out, truth = patches(101)
-    assert binary_auroc(held_out @ direction, truth.long()) > 0.9
+    held_out, held_out_cover = patches(101)
+    assert binary_auroc(held_out @ direction, held_out_cover.any(-1).long()) > 0.9
+
+    one_shape, held_out_one_shape = cover.sum(-1) == 1, held_out_cover.sum(-1) == 1
+    shape, held_out_shape = cover[one_shape].float().argmax(-1), held_out_cover[held_out_one_shape].float().argmax(-1)
+    means = torch.stack([features[one_shape][shape == index].mean(0) for index in range(len(SHAPES))])
+    named = torch.cdist(held_out[held_out_one_shape], means).argmin(-1)
+    commonest = torch.bincount(held_out_shape).max() / len(held_out_shape)
+    assert commonest < 0.4  # every shape occurs: naming the commonest one is far from the bar below
+    assert (named == held_out_shape).float().mean() > 0.6
 
 
 def test_shipped_backbone_installs_offline_and_reads_images(tmp_path, monkeypatch):

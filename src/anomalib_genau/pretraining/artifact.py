@@ -18,6 +18,7 @@ from .stages import (
     GROUNDING_POSITIVE_WEIGHT,
     GROUNDING_WEIGHT,
     LANGUAGE_SCHEDULE,
+    SHAPE_WEIGHT,
     VISION_SCHEDULE,
     Log,
     Schedule,
@@ -26,7 +27,7 @@ from .stages import (
 )
 
 # Bump when the scenes, the stages or the architecture change: an artifact of another version is refused.
-ARTIFACT_VERSION = 4
+ARTIFACT_VERSION = 5
 MANIFEST = "pretraining.json"
 WEIGHTS = "model.safetensors"
 SHIPPED_BACKBONE = Path(__file__).resolve().parent.parent / "resources" / "genau-tiny-pretrained"
@@ -69,6 +70,7 @@ def pretrain_tiny_backbone(
         "vision_schedule": asdict(vision),
         "grounding_weight": GROUNDING_WEIGHT,
         "grounding_positive_weight": GROUNDING_POSITIVE_WEIGHT,
+        "shape_weight": SHAPE_WEIGHT,
         "language_schedule": asdict(language),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

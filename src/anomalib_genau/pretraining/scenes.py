@@ -124,6 +124,12 @@ def render(scene: Scene, rng: Rng, size: int = 112) -> np.ndarray:
 
 def render_with_marks(scene: Scene, rng: Rng, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
     """:func:`render`'s image (the same for the same ``rng``) and the ``(size, size)`` bool pixels its marks cover."""
+    image, shapes = render_with_shapes(scene, rng, size)
+    return image, shapes > 0
+
+
+def render_with_shapes(scene: Scene, rng: Rng, size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render`'s image and the ``(size, size)`` uint8 shape of each pixel: 0 none, ``i + 1`` ``SHAPES[i]``."""
     image = Image.fromarray(np.clip(_background(scene, rng, size), 0, 255).astype(np.uint8))
     covered = Image.new("L", (size, size))
     cell = size / 3
@@ -141,9 +147,9 @@ def render_with_marks(scene: Scene, rng: Rng, size: int = 112) -> tuple[np.ndarr
             angle, half = rng.uniform(0, np.pi), cell * rng.uniform(0.35, 0.5)
             width = int(rng.integers(1, 3) if mark.size == "thin" else rng.integers(3, 7)) * max(1, size // 112)
             line = (angle, half, width)
-        for target, colour in ((image, fill), (covered, 255)):
+        for target, colour in ((image, fill), (covered, SHAPES.index(mark.shape) + 1)):
             _draw_mark(ImageDraw.Draw(target), mark.shape, colour, (cx, cy), radius, box, line)
-    return np.asarray(image), np.asarray(covered) > 0
+    return np.asarray(image), np.asarray(covered)
 
 
 def _draw_mark(
