@@ -16,6 +16,7 @@ from anomalib_genau.pretraining import (
     check_pretrained_backbone,
     install_pretrained_backbone,
     pretrain_tiny_backbone,
+    stages,
 )
 from anomalib_genau.pretraining.scenes import (
     SHAPES,
@@ -135,6 +136,16 @@ def test_pretraining_is_deterministic_and_checked(tmp_path):
         check_pretrained_backbone(first)
     with pytest.raises(PretrainedBackboneError, match="missing"):
         install_pretrained_backbone(tmp_path / "c", source=tmp_path / "nowhere")
+
+
+def test_stage_one_learns_from_a_batch_without_marks(tmp_path, monkeypatch):
+    """A batch of bare backgrounds has no shape to learn: its shape loss is zero, not NaN."""
+    monkeypatch.setattr(stages, "draw_scene", lambda rng: Scene(str(rng.choice(["plain", "noisy"])), "gray", ()))
+    model, processor = load_backbone(build_tiny_backbone(tmp_path / "tiny"))
+    logs: list[str] = []
+    tower = stages.pretrain_vision_tower(model.config.vision_config, processor, Schedule(1, 2, 1e-3), log=logs.append)
+    assert logs[0].endswith("shape loss 0.0000")
+    assert all(torch.isfinite(value).all() for value in tower.values())
 
 
 def test_shipped_tower_locates_marks_and_tells_their_shapes_in_its_patch_features():

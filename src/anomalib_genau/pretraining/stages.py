@@ -154,7 +154,12 @@ def pretrain_vision_tower(
             grounding(patches).squeeze(-1), covered, pos_weight=positive
         )
         marked = covered.bool()
-        shape_loss = torch.nn.functional.binary_cross_entropy_with_logits(shape(patches[marked]), shape_cover[marked])
+        shape_logits = shape(patches[marked])  # (M, S); a batch without marks has M = 0 and no shape loss
+        shape_loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(shape_logits, shape_cover[marked])
+            if marked.any()
+            else shape_logits.sum()
+        )
         loss = output.loss + GROUNDING_WEIGHT * grounding_loss + SHAPE_WEIGHT * shape_loss
         optimizer.zero_grad()
         loss.backward()
