@@ -59,6 +59,7 @@ from anomalib_genau.pretraining.stages import (
     marks_batch,
     patch_shapes,
     pretrain_local_reading,
+    scene_pixels,
 )
 
 
@@ -182,8 +183,7 @@ def patch_shape_reading(model, seed: int, count: int = 96) -> str:
     def one_shape_patches(scene_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng(scene_seed)
         images, shapes = zip(*(render_with_shapes(draw_scene(rng), rng) for _ in range(count)), strict=True)
-        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        features = tower(pixels, output_hidden_states=True).hidden_states[-1].flatten(0, 1)
+        features = tower(scene_pixels(images), output_hidden_states=True).hidden_states[-1].flatten(0, 1)
         cover = patch_shapes(shapes, patch).flatten(0, 1)
         one = cover.sum(-1) == 1
         return features[one], cover[one].argmax(-1)

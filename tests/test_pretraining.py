@@ -30,7 +30,13 @@ from anomalib_genau.pretraining.scenes import (
     render_with_marks,
     render_with_shapes,
 )
-from anomalib_genau.pretraining.stages import Schedule, loud_share, patch_shapes, pretrain_local_reading
+from anomalib_genau.pretraining.stages import (
+    Schedule,
+    loud_share,
+    patch_shapes,
+    pretrain_local_reading,
+    scene_pixels,
+)
 from anomalib_genau.taxonomy import load_taxonomy
 
 
@@ -161,9 +167,8 @@ def test_shipped_tower_locates_marks_and_tells_their_shapes_in_its_patch_feature
         """Final-layer features ``(N, D)`` of 48 scenes' patches and the shapes covering each ``(N, S)``."""
         rng = np.random.default_rng(seed)
         images, shapes = zip(*(render_with_shapes(draw_scene(rng), rng) for _ in range(48)), strict=True)
-        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
-            features = tower(pixels, output_hidden_states=True).hidden_states[-1]
+            features = tower(scene_pixels(images), output_hidden_states=True).hidden_states[-1]
         return features.flatten(0, 1), patch_shapes(shapes, patch).flatten(0, 1).bool()
 
     features, cover = patches(100)

@@ -101,7 +101,7 @@ def patch_shapes(shapes: Sequence[np.ndarray], patch_size: int) -> torch.Tensor:
     return cover.flatten(2).transpose(1, 2)
 
 
-def _pixels(images: list[np.ndarray]) -> torch.Tensor:
+def scene_pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
     """``(B, 3, s, s)`` in [-1, 1], as the processor normalises (mean 0.5, std 0.5)."""
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
@@ -145,7 +145,7 @@ def pretrain_vision_tower(
         output = model(
             input_ids=tokens.input_ids,
             attention_mask=tokens.attention_mask,
-            pixel_values=_pixels(list(images)),
+            pixel_values=scene_pixels(images),
             return_loss=True,
             output_hidden_states=True,
         )
