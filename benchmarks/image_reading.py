@@ -51,15 +51,14 @@ from anomalib_genau.pretraining.scenes import (
     draw_scene,
     questions,
     render,
-    render_with_shapes,
 )
 from anomalib_genau.pretraining.stages import (
     RECALL_SCHEDULE,
     Schedule,
     marks_batch,
-    patch_shapes,
+    nearest_shape_mean,
     pretrain_local_reading,
-    scene_pixels,
+    tower_patches,
 )
 
 
@@ -171,27 +170,16 @@ def token_spectrum(model, processor, seed: int, count: int = 32) -> str:
     return "\n".join(lines)
 
 
-@torch.no_grad()
 def patch_shape_reading(model, seed: int, count: int = 96) -> str:
     """How often the nearest shape mean of the tower's final layer names a held-out marked patch's shape.
 
-    Patches covered by one mark only; the means come from ``count`` scenes of ``seed``, the test
-    from ``count`` of ``seed + 1``. Printed against always naming the commonest shape.
+    The means come from ``count`` scenes of ``seed``, the test from ``count`` of ``seed + 1``.
+    Printed against always naming the commonest shape.
     """
     tower, patch = model.model.vision_tower, model.config.vision_config.patch_size
-
-    def one_shape_patches(scene_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng(scene_seed)
-        images, shapes = zip(*(render_with_shapes(draw_scene(rng), rng) for _ in range(count)), strict=True)
-        features = tower(scene_pixels(images), output_hidden_states=True).hidden_states[-1].flatten(0, 1)
-        cover = patch_shapes(shapes, patch).flatten(0, 1)
-        one = cover.sum(-1) == 1
-        return features[one], cover[one].argmax(-1)
-
-    (features, shape), (test, test_shape) = one_shape_patches(seed), one_shape_patches(seed + 1)
-    means = torch.stack([features[shape == index].mean(0) for index in range(len(SHAPES))])
-    named = float((torch.cdist(test, means).argmin(-1) == test_shape).float().mean())
-    commonest = float(torch.bincount(test_shape).max() / len(test_shape))
+    named, commonest = nearest_shape_mean(
+        tower_patches(tower, patch, seed, count), tower_patches(tower, patch, seed + 1, count)
+    )
     return f"tower features: a marked patch's shape named by the nearest mean {named:.2f} (commonest {commonest:.2f})"
 
 

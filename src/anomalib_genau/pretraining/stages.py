@@ -106,6 +106,39 @@ def scene_pixels(images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+@torch.no_grad()
+def tower_patches(tower: torch.nn.Module, patch_size: int, seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final-layer features ``(N, D)`` of the patches of ``count`` scenes of ``seed``, and ``(N, S)`` their shapes."""
+    rng = np.random.default_rng(seed)
+    images, shapes = zip(*(render_with_shapes(draw_scene(rng), rng) for _ in range(count)), strict=True)
+    features = tower(scene_pixels(images), output_hidden_states=True).hidden_states[-1]
+    return features.flatten(0, 1), patch_shapes(shapes, patch_size).flatten(0, 1)
+
+
+def nearest_shape_mean(
+    patches: tuple[torch.Tensor, torch.Tensor], held_out: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[float, float]:
+    """How well stage 1's shape loss reads back: patches covered by one shape, named by the nearest shape mean.
+
+    Args:
+        patches: :func:`tower_patches` whose one-shape patches give each shape's mean feature.
+        held_out: :func:`tower_patches` of other scenes, whose one-shape patches are named.
+
+    Returns:
+        The share of held-out patches named right, and the share of the commonest shape among them.
+
+    """
+
+    def one_shape(features: torch.Tensor, cover: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        single = cover.sum(-1) == 1
+        return features[single], cover[single].float().argmax(-1)
+
+    (features, shape), (test, test_shape) = one_shape(*patches), one_shape(*held_out)
+    means = torch.stack([features[shape == index].mean(0) for index in range(len(SHAPES))])
+    named = float((torch.cdist(test, means).argmin(-1) == test_shape).float().mean())
+    return named, float(torch.bincount(test_shape).max() / len(test_shape))
+
+
 def pretrain_vision_tower(
     vision_config: SiglipVisionConfig,
     processor: LlavaOnevisionProcessor,
