@@ -14,6 +14,7 @@ fitted on the source's test images (what GenAU trains on) and scored on the targ
   readout reads) averaged over the ground-truth mask, minus their average outside it: what a
   decoder that found the defect could read. A normal image has no mask, so this row names the
   defect images' types and takes every normal image as answered right; its F1 is an upper bound.
+- ``tower's last stage, mask-pooled``: the last stage alone, the projector's input.
 - ``image tokens, mask-pooled``: the same for the projector's output on the tiles, the image
   tokens the decoder attends to: what the projector keeps of the tower's last stage.
 - with ``--checkpoint``, GenAU's own greedy type answer (``generate`` mode), for comparison.
@@ -61,6 +62,7 @@ class Readings:
     parts: list[str] = field(default_factory=list)
     decoder: list[torch.Tensor] = field(default_factory=list)  # (D,) each
     tower: list[torch.Tensor] = field(default_factory=list)  # (S * C,) each; zeros for normal images
+    last_stage: list[torch.Tensor] = field(default_factory=list)  # (C,) each; zeros for normal images
     tokens: list[torch.Tensor] = field(default_factory=list)  # (D,) each; zeros for normal images
     answers: list[str] = field(default_factory=list)  # GenAU's first parsed type, or normal
 
@@ -107,6 +109,7 @@ def read(model: GenAUModel, root: Path, size: int, generate: bool) -> Readings:
             mask = ground_truth_mask(path, size)
             grids = high_res_grids(model, vision, index)
             readings.tower.append(mask_pooled(grids, mask))
+            readings.last_stage.append(mask_pooled(grids[-1:], mask))
             readings.tokens.append(mask_pooled([model.llava.model.multi_modal_projector(grids[-1])], mask))
             readings.products.append(product)
             readings.truths.append(truth)
@@ -204,6 +207,7 @@ def main() -> None:
     names = [source.truths[i] for i in defects]
     for name, train, test in (
         ("tower stages", source.tower, target.tower),
+        ("tower's last stage", source.last_stage, target.last_stage),
         ("image tokens", source.tokens, target.tokens),
     ):
         for l2 in args.l2:

@@ -55,7 +55,8 @@ def pretrain_tiny_backbone(
 ) -> Path:
     """Pre-train the tiny stand-in (both stages) and write it with its manifest to ``directory``.
 
-    The same seed, schedules, thread count and CPU write the same weights.
+    The same seed, schedules and thread count write the same weights again on one machine; another
+    machine, even of the same CPU kind, may write other weights of the same kind (``benchmarks/RESULTS.md``).
     """
     start = time.perf_counter()
     tokenizer = build_tiny_tokenizer(PRETRAINED_VOCAB, corpus())
