@@ -55,7 +55,7 @@ def enter_workdir(workdir: Path) -> None:
     import torch
 
     from anomalib_genau.demo import prepare_demo_artifacts
-    from timing import cpu_description
+    from anomalib_genau.machine import cpu_description
 
     workdir.mkdir(parents=True, exist_ok=True)
     cpu = cpu_description()

@@ -54,6 +54,7 @@ import torch
 from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.choices import VISUAL_TOKENS
+from anomalib_genau.machine import cpu_description
 from anomalib_genau.taxonomy import product_candidates
 from inference import (
     decoder_stage,
@@ -63,7 +64,7 @@ from inference import (
     short_answer_tokens,
     type_question_flops,
 )
-from timing import StageClock, cpu_description, median_seconds
+from timing import StageClock, median_seconds
 
 # backend name -> (export weights, inference precision, further OpenVINO properties)
 BACKENDS = {

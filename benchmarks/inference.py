@@ -25,12 +25,13 @@ import torch
 from anomalib_genau import prompts
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.deploy.inferencer import shared_prefix_length
+from anomalib_genau.machine import cpu_description
 from anomalib_genau.models.genau.anyres import distinct_views
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.models.genau.vision import view_counts
 from anomalib_genau.prompts import instruction
 from anomalib_genau.taxonomy import product_candidates
-from timing import StageClock, cpu_description, median_seconds
+from timing import StageClock, median_seconds
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:

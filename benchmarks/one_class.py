@@ -84,8 +84,8 @@ def main() -> None:
         read_difficulty,
     )
     from anomalib_genau.evaluation import TestRecorder, part_metrics
+    from anomalib_genau.machine import cpu_description
     from anomalib_genau.pretraining import install_pretrained_backbone
-    from timing import cpu_description
 
     root = args.workdir
     backbone = install_pretrained_backbone(root / "backbone")

@@ -32,9 +32,10 @@ from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
 from anomalib_genau.choices import PRECISIONS, WEIGHT_FORMATS
 from anomalib_genau.data.synthetic import generate_mvtec_dataset
 from anomalib_genau.deploy import GenAUOpenVINOInferencer
+from anomalib_genau.machine import cpu_description
 from deployment import build_module
 from inference import matmul_peak
-from timing import cpu_description, median_seconds
+from timing import median_seconds
 
 
 def free_port() -> int:

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from anomalib_genau.backbone import BACKBONE_SIZES, build_random_backbone
+from anomalib_genau.machine import cpu_description
 from anomalib_genau.models.genau.loss import GenAULoss
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.prompts import instruction, response
-from timing import cpu_description, median_seconds
+from timing import median_seconds
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_genau.backbone import build_tiny_backbone, load_backbone
+from anomalib_genau.machine import cpu_description
 from anomalib_genau.pretraining import (
     REBUILD_COMMAND,
     SHIPPED_BACKBONE,
@@ -128,7 +129,9 @@ def test_pretraining_is_deterministic_and_checked(tmp_path):
     first = pretrain_tiny_backbone(tmp_path / "a", seed=5, vision=schedule, language=schedule, log=None)
     second = pretrain_tiny_backbone(tmp_path / "b", seed=5, vision=schedule, language=schedule, log=None)
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
-    assert check_pretrained_backbone(first)["seed"] == 5
+    built = check_pretrained_backbone(first)
+    assert built["seed"] == 5
+    assert built["cpu"] == cpu_description()  # a rebuild on another machine need not write these bytes
     _, processor = load_backbone(first)
     assert processor.tokenizer.tokenize("Yes, the carpet is normal.")[:3] == ["Yes", ",", "Ġthe"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from anomalib_genau.backbone import TINY, build_tiny_tokenizer, random_backbone, save_backbone
+from anomalib_genau.machine import cpu_description
 
 from .scenes import corpus
 from .stages import (
@@ -74,6 +75,7 @@ def pretrain_tiny_backbone(
         "shape_weight": SHAPE_WEIGHT,
         "language_schedule": asdict(language),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_description(),  # a rebuild repeats these bytes on one machine, not across machines
         "torch": torch.__version__,
         "seconds": round(time.perf_counter() - start, 1),
         "sha256": _digest(directory / WEIGHTS),
