@@ -30,7 +30,6 @@ import torch.nn.functional as F  # noqa: N812
 
 from anomalib_genau.data.synthetic import read_difficulty
 from anomalib_genau.evaluation import NearestNeighbourPatches, part_metrics, reference_records
-from anomalib_genau.models.genau.anyres import reassemble_tiles
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
 
@@ -48,11 +47,10 @@ class TowerPatches(NearestNeighbourPatches):
     def patches(self, image: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``(3, H, W)`` in [0, 1] -> ``(grid**2, len(stages) * C)`` features of the high-res grid, and ``grid``."""
         image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True)
-        vision = self.model.see(image)
-        pinpoints, tile = self.model.llava.config.image_grid_pinpoints, self.model.tile_size
+        grids = self.model.high_res_grids(self.model.see(image), 0)
         stages = []
         for stage in self.stages:
-            grid = reassemble_tiles(vision.tile_stages[0][stage], vision.image_sizes[0], pinpoints, tile)
+            grid = grids[stage]
             features = grid.flatten(0, 1)
             if self.mode == "centred":
                 features = features - features.mean(dim=0)

@@ -40,7 +40,6 @@ from anomalib_genau.data.images import read_rgb
 from anomalib_genau.data.synthetic import read_difficulty
 from anomalib_genau.evaluation.parts import ImageRecord, part_metrics
 from anomalib_genau.evaluation.reference import ground_truth_mask
-from anomalib_genau.models.genau.anyres import reassemble_tiles
 from anomalib_genau.models.genau.loss import GenAULoss
 from anomalib_genau.models.genau.readout import AnchorReadout, anomaly_map
 from anomalib_genau.models.genau.torch_model import GenAUModel
@@ -66,15 +65,11 @@ class Example:
 @torch.no_grad()
 def examples(model: GenAUModel, root: Path) -> list[Example]:
     """Every test image under ``root``, through the model's vision pass."""
-    pinpoints = model.llava.config.image_grid_pinpoints
     result = []
     for path in sorted(root.glob("*/test/*/*.png")):
         image = read_rgb(path)
         vision = model.see(image[None])
-        grids = [
-            reassemble_tiles(stage, vision.image_sizes[0], pinpoints, model.tile_size)
-            for stage in vision.tile_stages[0]
-        ]
+        grids = model.high_res_grids(vision, 0)
         result.append(
             Example(
                 key=path.relative_to(root).as_posix(),

@@ -42,11 +42,9 @@ from anomalib_genau.data.dataclasses import type_labels
 from anomalib_genau.data.images import read_rgb
 from anomalib_genau.data.synthetic import read_difficulty
 from anomalib_genau.evaluation.reference import ground_truth_mask
-from anomalib_genau.models.genau.anyres import reassemble_tiles
 from anomalib_genau.models.genau.lightning_model import GenAU
 from anomalib_genau.models.genau.metrics import WeightedF1
 from anomalib_genau.models.genau.torch_model import GenAUModel
-from anomalib_genau.models.genau.vision import VisionFeatures
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
 from anomalib_genau.taxonomy import NORMAL_LABEL, defect_types, object_name, product_candidates
 
@@ -65,15 +63,6 @@ class Readings:
     last_stage: list[torch.Tensor] = field(default_factory=list)  # (C,) each; zeros for normal images
     tokens: list[torch.Tensor] = field(default_factory=list)  # (D,) each; zeros for normal images
     answers: list[str] = field(default_factory=list)  # GenAU's first parsed type, or normal
-
-
-def high_res_grids(model: GenAUModel, vision: VisionFeatures, index: int) -> list[torch.Tensor]:
-    """The image's stage features on its AnyRes grid: per stage ``(h, w, C)``, the last stage the projector's input."""
-    pinpoints = model.llava.config.image_grid_pinpoints
-    return [
-        reassemble_tiles(stage, vision.image_sizes[index], pinpoints, model.tile_size)
-        for stage in vision.tile_stages[index]
-    ]
 
 
 def mask_pooled(grids: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
@@ -107,7 +96,7 @@ def read(model: GenAUModel, root: Path, size: int, generate: bool) -> Readings:
         truth = NORMAL_LABEL if defect == "good" else defect_types(TAXONOMY, product, defect)[0]
         for index, path in enumerate(files):
             mask = ground_truth_mask(path, size)
-            grids = high_res_grids(model, vision, index)
+            grids = model.high_res_grids(vision, index)  # the last stage is the projector's input
             readings.tower.append(mask_pooled(grids, mask))
             readings.last_stage.append(mask_pooled(grids[-1:], mask))
             readings.tokens.append(mask_pooled([model.llava.model.multi_modal_projector(grids[-1])], mask))

@@ -294,12 +294,17 @@ class GenAUModel(nn.Module):
         )
         return Answers(decoded, self.codec.texts(decoded.answer_tokens))
 
+    def high_res_grids(self, vision: VisionFeatures, index: int) -> list[torch.Tensor]:
+        """Image ``index``'s stage features on its reassembled AnyRes grid: per stage ``(h, w, C)``."""
+        pinpoints = self.llava.config.image_grid_pinpoints
+        size = vision.image_sizes[index]
+        return [reassemble_tiles(stage, size, pinpoints, self.tile_size) for stage in vision.tile_stages[index]]
+
     def high_res_logits(self, vision: VisionFeatures, anchors: torch.Tensor) -> list[torch.Tensor]:
         """Readout on each image's reassembled AnyRes grid: per image ``(S, 1, 2, h_i, w_i)``."""
-        pinpoints = self.llava.config.image_grid_pinpoints
         logits = []
-        for index, (tiles, size) in enumerate(zip(vision.tile_stages, vision.image_sizes, strict=True)):
-            grids = [reassemble_tiles(stage, size, pinpoints, self.tile_size) for stage in tiles]
+        for index in range(len(vision.tile_stages)):
+            grids = self.high_res_grids(vision, index)
             height, width = grids[0].shape[:2]
             features = [grid.reshape(1, height * width, -1) for grid in grids]
             logits.append(self.readout(features, anchors[index : index + 1], (height, width)))
