@@ -17,6 +17,10 @@ fitted on the source's test images (what GenAU trains on) and scored on the targ
 - ``tower's last stage, mask-pooled``: the last stage alone, the projector's input.
 - ``image tokens, mask-pooled``: the same for the projector's output on the tiles, the image
   tokens the decoder attends to: what the projector keeps of the tower's last stage.
+- ``stand-in's own words``: which words the untrained ``--backbone`` uses when asked stage 2's
+  "Describe the image." about the image (greedy, its own caption vocabulary: a mark's size, shape,
+  tone and place, or "no marks"): what the decoder can say of the image over several tokens
+  before GenAU trains, without a type name or a mask.
 - with ``--checkpoint``, GenAU's own greedy type answer (``generate`` mode), for comparison.
 
 As GenAU's answer is, each head's choice is limited to the image's product candidates and
@@ -38,6 +42,7 @@ import torch.nn.functional as F  # noqa: N812
 from torchvision.transforms.v2.functional import resize
 
 from anomalib_genau import prompts
+from anomalib_genau.backbone import load_backbone
 from anomalib_genau.data.dataclasses import type_labels
 from anomalib_genau.data.images import read_rgb
 from anomalib_genau.data.synthetic import read_difficulty
@@ -47,8 +52,10 @@ from anomalib_genau.models.genau.metrics import WeightedF1
 from anomalib_genau.models.genau.torch_model import GenAUModel
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
 from anomalib_genau.taxonomy import NORMAL_LABEL, defect_types, object_name, product_candidates
+from image_reading import greedy_answer
 
 TAXONOMY = "mvtec_ad"  # the generator writes MVTec AD's products and defect folders
+DESCRIBE = "Describe the image."  # a stage-2 question: the stand-in answers it with a caption
 
 
 @dataclass
@@ -75,13 +82,18 @@ def mask_pooled(grids: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([((inside - outside)[..., None] * grid).sum((0, 1)) for grid in grids])
 
 
+def test_folders(root: Path) -> list[tuple[Path, list[Path]]]:
+    """Every ``<product>/test/<defect>`` folder of ``root`` with its images, in a fixed order."""
+    folders = sorted(path for path in root.glob("*/test/*") if path.is_dir())
+    return [(folder, sorted(folder.glob("*.png"))) for folder in folders]
+
+
 @torch.no_grad()
 def read(model: GenAUModel, root: Path, size: int, generate: bool) -> Readings:
     """Every test image of ``root`` at ``size`` px (as the demo's pre-processor resizes), one folder at a time."""
     readings, difficulty = Readings(), read_difficulty(root)
-    for folder in sorted(path for path in root.glob("*/test/*") if path.is_dir()):
+    for folder, files in test_folders(root):
         product, defect = folder.parents[1].name, folder.name
-        files = sorted(folder.glob("*.png"))
         candidates = product_candidates(TAXONOMY, product)
         if candidates is None:
             msg = f"'{product}' is not an MVTec AD product: pass roots written by `anomalib-genau synthetic-data`."
@@ -107,6 +119,29 @@ def read(model: GenAUModel, root: Path, size: int, generate: bool) -> Readings:
             answers = model.predict_types(vision, [question] * len(files), [candidates] * len(files)).types
             readings.answers += [types[0] if types else NORMAL_LABEL for types in answers]
     return readings
+
+
+@torch.no_grad()
+def descriptions(backbone: str, root: Path, size: int) -> list[str]:
+    """The untrained stand-in's greedy answer to :data:`DESCRIBE` about each test image, in :func:`read`'s order."""
+    model, processor = load_backbone(backbone)
+    model.eval()
+    answers = []
+    for _, files in test_folders(root):
+        for path in files:
+            image = resize(read_rgb(path), [size, size], antialias=True).permute(1, 2, 0)
+            answers.append(greedy_answer(model, processor, (image * 255).round().byte().numpy(), DESCRIBE))
+    return answers
+
+
+def words_of(text: str) -> set[str]:
+    """The lower-case words of ``text``, without punctuation."""
+    return set(text.lower().replace(".", " ").replace(",", " ").split())
+
+
+def words_used(texts: list[str], vocabulary: list[str]) -> torch.Tensor:
+    """``(N, V)``: 1 where a text uses a vocabulary word, else 0."""
+    return torch.tensor([[float(word in words_of(text)) for word in vocabulary] for text in texts])
 
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -173,7 +208,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
-    parser.add_argument("--backbone", default=str(SHIPPED_BACKBONE), help="untrained stand-in (no --checkpoint)")
+    parser.add_argument(
+        "--backbone",
+        default=str(SHIPPED_BACKBONE),
+        help="the untrained stand-in: read without --checkpoint, and asked to describe the images",
+    )
     parser.add_argument("--checkpoint", type=Path, help="a trained GenAU checkpoint")
     parser.add_argument("--size", type=int, default=224, help="input side, as configs/genau_tiny.yaml resizes")
     parser.add_argument("--l2", type=float, nargs="+", default=[0.1, 0.01, 0.001])
@@ -192,6 +231,12 @@ def main() -> None:
         classes, score = fit_head(torch.stack(source.decoder), source.truths, l2)
         chosen = choose(classes, score(torch.stack(target.decoder)), target.products)
         report(f"decoder state, L2 {l2:g}", target, chosen)
+    said_source, said_target = (descriptions(args.backbone, root, args.size) for root in (args.source, args.target))
+    vocabulary = sorted(set().union(*map(words_of, said_source)))
+    for l2 in args.l2:
+        classes, score = fit_head(words_used(said_source, vocabulary), source.truths, l2)
+        chosen = choose(classes, score(words_used(said_target, vocabulary)), target.products)
+        report(f"stand-in's own words, L2 {l2:g}", target, chosen)
     defects = [i for i, truth in enumerate(source.truths) if truth != NORMAL_LABEL]
     names = [source.truths[i] for i in defects]
     for name, train, test in (

@@ -262,7 +262,7 @@ def match_image_token_scale(model: LlavaOnevisionForConditionalGeneration, input
     return text / image
 
 
-def _train(
+def train_steps(
     model: LlavaOnevisionForConditionalGeneration,
     schedule: Schedule,
     batches: Callable[[int], dict[str, torch.Tensor]],
@@ -308,7 +308,7 @@ def pretrain_language(
     def batches(_: int) -> dict[str, torch.Tensor]:
         return _dialogue_batch(processor, rng, schedule.batch_size, image_size)
 
-    _train(model, schedule, batches, ("vision_tower",), log, "language")
+    train_steps(model, schedule, batches, ("vision_tower",), log, "language")
     if log is not None:
         log("after training: " + norms.format(*image_token_norms(model, probe)))
 
@@ -358,10 +358,10 @@ def pretrain_local_reading(
         loud = loud_share(step, schedule.steps) if curriculum else 0.0
         return marks_batch(processor, rng, schedule.batch_size, image_size, loud)[0]
 
-    _train(model, schedule, marks, frozen, log, "local reading")
+    train_steps(model, schedule, marks, frozen, log, "local reading")
     recall_rng = np.random.default_rng(seed + 5)
     if recall is not None:
-        _train(
+        train_steps(
             model,
             recall,
             lambda _: _dialogue_batch(processor, recall_rng, recall.batch_size, image_size),
