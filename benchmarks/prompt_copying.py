@@ -14,7 +14,8 @@ words too; one that learned a look-up names only the words it was trained on.
 
 With ``--checkpoint`` (a trained GenAU) and ``--source`` (the generated root it trained on), it
 also prints the answers of GenAU's binary question on the source's normal images of each
-product: images it trained on, whose training answer named their own product.
+product: its training set (bar the fifth held back for the score calibration), where each
+training answer named the image's own product.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def copy_accuracy(model, tokenizer, words: list[str], seed: int, size: int = 64)
 
 @torch.no_grad()
 def normal_answers(checkpoint: Path, source: Path) -> None:
-    """GenAU's binary answers on each product's normal test images of ``source`` (its training images)."""
+    """GenAU's binary answers on each product's normal test images of ``source`` (its training set)."""
     genau = GenAU.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).model.eval()
     for product_dir in sorted(path for path in source.iterdir() if (path / "test" / "good").is_dir()):
         files = sorted((product_dir / "test" / "good").glob("*.png"))
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="a trained GenAU checkpoint (run where its backbone path is)")
     parser.add_argument("--source", type=Path, help="the generated root the checkpoint trained on")
     args = parser.parse_args()
+    if (args.checkpoint is None) != (args.source is None):
+        parser.error("--checkpoint and --source go together")
     torch.manual_seed(0)
     if args.checkpoint is not None:
         print(f"GenAU's binary answers on its own training images ({args.checkpoint}):")
