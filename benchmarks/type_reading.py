@@ -122,10 +122,8 @@ def read(model: GenAUModel, root: Path, size: int, generate: bool) -> Readings:
 
 
 @torch.no_grad()
-def descriptions(backbone: str, root: Path, size: int) -> list[str]:
-    """The untrained stand-in's greedy answer to :data:`DESCRIBE` about each test image, in :func:`read`'s order."""
-    model, processor = load_backbone(backbone)
-    model.eval()
+def descriptions(model, processor, root: Path, size: int) -> list[str]:
+    """A backbone's greedy answer to :data:`DESCRIBE` about each test image of ``root``, in :func:`read`'s order."""
     answers = []
     for _, files in test_folders(root):
         for path in files:
@@ -141,7 +139,7 @@ def words_of(text: str) -> set[str]:
 
 def words_used(texts: list[str], vocabulary: list[str]) -> torch.Tensor:
     """``(N, V)``: 1 where a text uses a vocabulary word, else 0."""
-    return torch.tensor([[float(word in words_of(text)) for word in vocabulary] for text in texts])
+    return torch.tensor([[float(word in words) for word in vocabulary] for words in map(words_of, texts)])
 
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -231,7 +229,10 @@ def main() -> None:
         classes, score = fit_head(torch.stack(source.decoder), source.truths, l2)
         chosen = choose(classes, score(torch.stack(target.decoder)), target.products)
         report(f"decoder state, L2 {l2:g}", target, chosen)
-    said_source, said_target = (descriptions(args.backbone, root, args.size) for root in (args.source, args.target))
+    backbone, processor = load_backbone(args.backbone)
+    said_source, said_target = (
+        descriptions(backbone.eval(), processor, root, args.size) for root in (args.source, args.target)
+    )
     vocabulary = sorted(set().union(*map(words_of, said_source)))
     for l2 in args.l2:
         classes, score = fit_head(words_used(said_source, vocabulary), source.truths, l2)
