@@ -1,16 +1,19 @@
 """Can the tiny stand-in's decoder copy a word from its prompt, as GenAU's answers need? A text-only probe.
 
     python benchmarks/prompt_copying.py [BACKBONE] [--steps 3000] [--learning-rate 2e-3] [--frozen-embeddings]
-        [--checkpoint CKPT --source ROOT]
+        [--targets words|tokens] [--checkpoint CKPT --source ROOT]
 
 GenAU's answers copy words from the question: the product in "No, the {object} is normal.", one
 of the listed options in the type answer. A real LLM copies from its prompt before any
 fine-tuning. This probe trains the stand-in's decoder (text only: no image, so neither tower nor
-projector takes part) on "Is there a mark on the {word}?" answered "No, the {word} has no
-marks.", for the vocabulary's whole-word tokens except every seventh, which are held out. It
-prints how often the answer's copied word is the most likely next token (teacher-forced), for
-trained and held-out words, before and after. A decoder that learned to copy names held-out
-words too; one that learned a look-up names only the words it was trained on.
+projector takes part) on the stand-in's copy questions ("Is there a mark on the {word}?" and four
+other sentences) answered "No, the {word} has no marks.", for the vocabulary's whole-word tokens
+(``--targets words``) or for every entry of the stand-in's copy task (``--targets tokens``: pieces
+of words too, :class:`CopyTask`), except the held-out words: every seventh whole word and the
+taxonomy's products. It prints how often the answer's copied token is the most likely next token
+(teacher-forced), for trained targets and held-out words, before and after. A decoder that learned
+to copy names held-out words too; one that learned a look-up names only the targets it was
+trained on. With ``--steps 0`` it measures a stand-in's own copying.
 
 With ``--checkpoint`` (a trained GenAU) and ``--source`` (the generated root it trained on), it
 also prints the answers of GenAU's binary question on the source's normal images of each
@@ -35,10 +38,8 @@ from anomalib_genau.data.images import read_rgb
 from anomalib_genau.machine import cpu_description
 from anomalib_genau.models.genau.lightning_model import GenAU
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
-from anomalib_genau.pretraining.stages import Schedule, train_steps
-from anomalib_genau.taxonomy import object_name
-
-WORD_PREFIX = "Ġ"  # byte-level BPE's mark of a leading space: such a token is a whole word
+from anomalib_genau.pretraining.stages import WORD_PREFIX, CopyTask, Schedule, copy_batch, train_steps
+from anomalib_genau.taxonomy import load_taxonomy, object_name
 
 
 def whole_words(tokenizer) -> list[str]:
@@ -47,28 +48,16 @@ def whole_words(tokenizer) -> list[str]:
     return sorted(t[1:] for t in vocabulary if t.startswith(WORD_PREFIX) and t[1:].isalpha())
 
 
-def copy_batch(tokenizer, words: list[str], rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
-    """``size`` left-padded chats asking about a random word of ``words``; labels on the answers only."""
-    texts, answer_lengths = [], []
-    for word in rng.choice(words, size):
-        question = f"Is there a mark on the {word}?"
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
-        answer = f"No, the {word} has no marks.{tokenizer.eos_token}"
-        texts.append(prompt + answer)
-        answer_lengths.append(len(tokenizer(answer, add_special_tokens=False).input_ids))
-    inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
-    labels = torch.full_like(inputs.input_ids, -100)
-    for row, length in enumerate(answer_lengths):  # left padding: every answer ends its row
-        labels[row, -length:] = inputs.input_ids[row, -length:]
-    return {**inputs, "labels": labels}
+def word_ids(tokenizer, words: list[str]) -> list[int]:
+    """The token ids of single-token ``words`` (with their leading space)."""
+    return tokenizer.convert_tokens_to_ids([WORD_PREFIX + word for word in words])
 
 
 @torch.no_grad()
-def copy_accuracy(model, tokenizer, words: list[str], seed: int, size: int = 64) -> float:
-    """Share of ``size`` chats whose copied word (the answer's fourth token: "No" "," " the" " word") is predicted."""
-    batch = copy_batch(tokenizer, words, np.random.default_rng(seed), size)
+def copy_accuracy(model, tokenizer, task: CopyTask, targets: list[int], seed: int, size: int = 64) -> float:
+    """Share of ``size`` chats whose copied token (the answer's fourth: "No" "," " the" target) is predicted."""
+    rng = np.random.default_rng(seed)
+    batch = copy_batch(tokenizer, task, rng.choice(targets, size).tolist(), rng)
     predicted = model(**batch).logits[:, :-1].argmax(-1)
     labels = batch["labels"][:, 1:]
     word = (labels != -100).int().argmax(dim=1) + 3  # answers are contiguous: their first token, plus three
@@ -94,6 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--frozen-embeddings", action="store_true", help="train the decoder's layers only")
+    parser.add_argument("--targets", choices=("words", "tokens"), default="words", help="what the probe copies")
     parser.add_argument("--checkpoint", type=Path, help="a trained GenAU checkpoint (run where its backbone path is)")
     parser.add_argument("--source", type=Path, help="the generated root the checkpoint trained on")
     args = parser.parse_args()
@@ -107,22 +97,32 @@ def main() -> None:
     model, processor = load_backbone(args.backbone)
     model.eval()
     tokenizer = processor.tokenizer
+    task = CopyTask.of(tokenizer)
     words = whole_words(tokenizer)
-    held_out = words[::7]
-    trained = [word for word in words if word not in held_out]
-    print(f"copy probe on {args.backbone}: {len(trained)} trained words, {len(held_out)} held out")
-    print(
-        f"  before: trained words {copy_accuracy(model, tokenizer, trained, 1):.2f}, "
-        f"held out {copy_accuracy(model, tokenizer, held_out, 2):.2f}"
-    )
+    products = sorted({object_name(product) for products in load_taxonomy().values() for product in products})
+    held_out = word_ids(tokenizer, [*words[::7], *(product for product in products if product in words)])
+    candidates = word_ids(tokenizer, words) if args.targets == "words" else list(task.targets)
+    trained = [target for target in candidates if target not in held_out]
+    print(f"copy probe on {args.backbone}: {len(trained)} trained {args.targets}, {len(held_out)} held-out words")
+
+    def report(when: str) -> None:
+        print(
+            f"  {when}: trained {args.targets} {copy_accuracy(model, tokenizer, task, trained, 1):.2f}, "
+            f"held-out words {copy_accuracy(model, tokenizer, task, held_out, 2):.2f}"
+        )
+
+    report("before")
+    if args.steps == 0:
+        return
     rng = np.random.default_rng(0)
     frozen = ("vision_tower", "multi_modal_projector", *(("embed_tokens",) if args.frozen_embeddings else ()))
     schedule = Schedule(args.steps, 16, args.learning_rate)
-    train_steps(model, schedule, lambda _: copy_batch(tokenizer, trained, rng, 16), frozen, print, "copy")
-    print(
-        f"  after {args.steps} steps: trained words {copy_accuracy(model, tokenizer, trained, 1):.2f}, "
-        f"held out {copy_accuracy(model, tokenizer, held_out, 2):.2f}"
-    )
+
+    def batches(_: int) -> dict[str, torch.Tensor]:
+        return copy_batch(tokenizer, task, rng.choice(trained, 16).tolist(), rng)
+
+    train_steps(model, schedule, batches, frozen, print, "copy")
+    report(f"after {args.steps} steps")
     print(f"{time.perf_counter() - start:.0f} s; CPU: {cpu_description()}, {torch.get_num_threads()} threads")
 
 

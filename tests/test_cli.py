@@ -80,6 +80,16 @@ def test_synthetic_data_writes_the_chosen_textures_and_refuses_unknown_ones(tmp_
     assert not (tmp_path / "other").exists()
 
 
+def test_tiny_backbone_refuses_a_tower_without_a_rebuild_and_a_missing_tower(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--tower-from and --copy-task go with --pretrained --rebuild"):
+        main(["tiny-backbone", str(tmp_path / "out"), "--pretrained", "--tower-from", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--tower-from and --copy-task go with --pretrained --rebuild"):
+        main(["tiny-backbone", str(tmp_path / "out"), "--copy-task"])
+    with pytest.raises(SystemExit, match=r"holds no model\.safetensors"):
+        main(["tiny-backbone", str(tmp_path / "out"), "--pretrained", "--rebuild", "--tower-from", str(tmp_path)])
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_then_anomalib_train_test_and_predict(tmp_path: Path, repo_root: Path) -> None:
     config = str(repo_root / "configs" / "genau_tiny.yaml")
     demo = _run(str(BIN / "anomalib-genau"), "demo", "--config", config, "--epochs", "1", cwd=tmp_path)

@@ -6,9 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_genau.backbone import build_tiny_backbone, load_backbone
+from anomalib_genau.backbone import build_tiny_backbone, build_tiny_tokenizer, inspection_texts, load_backbone
 from anomalib_genau.machine import cpu_description
 from anomalib_genau.pretraining import (
     REBUILD_COMMAND,
@@ -19,11 +20,15 @@ from anomalib_genau.pretraining import (
     pretrain_tiny_backbone,
     stages,
 )
+from anomalib_genau.pretraining.artifact import PRETRAINED_VOCAB
 from anomalib_genau.pretraining.scenes import (
+    COPY_QUESTIONS,
     SHAPES,
     Mark,
     Scene,
     caption,
+    copy_dialogue,
+    corpus,
     draw_scene,
     marks_scene,
     questions,
@@ -32,10 +37,16 @@ from anomalib_genau.pretraining.scenes import (
     render_with_shapes,
 )
 from anomalib_genau.pretraining.stages import (
+    CopyTask,
     Schedule,
+    copy_batch,
+    dialogue_inputs,
     loud_share,
     nearest_shape_mean,
+    pretrain_copying,
+    pretrain_language,
     pretrain_local_reading,
+    scene_dialogue,
     tower_patches,
 )
 from anomalib_genau.taxonomy import load_taxonomy
@@ -116,12 +127,90 @@ def test_scenes_know_no_anomaly_vocabulary():
             names.update(str(name).replace("_", " ") for name in defects)
     rng = np.random.default_rng(0)
     words = set()
+    copy_questions = [copy_dialogue("word", draw_scene(rng).marks, index) for index in range(len(COPY_QUESTIONS))]
     for _ in range(300):
-        for question, answer in questions(draw_scene(rng), rng):
+        for question, answer in [*questions(draw_scene(rng), rng), *copy_questions]:
             words.update(question.lower().replace("?", "").replace(".", "").replace(",", "").split())
             words.update(answer.lower().replace(".", "").replace(",", "").split())
     # "color"/"colour" and shape words are generic; the taxonomy's defect names otherwise do not occur
     assert words & names <= {"color", "spot", "line"}
+
+
+def _taxonomy_words() -> set[str]:
+    words = set()
+    for products in load_taxonomy().values():
+        for product, defects in products.items():
+            words.update(product.lower().split("_"))
+            for original, coarse in defects.items():
+                for name in [str(original), *([coarse] if isinstance(coarse, str) else coarse)]:
+                    words.update(name.lower().replace("_", " ").split())
+    return words
+
+
+def test_copy_task_repeats_tokens_that_no_genau_text_uses():
+    """The targets are many, and none is a product, a defect name or a token of GenAU's own prompts and answers."""
+    tokenizer = build_tiny_tokenizer(PRETRAINED_VOCAB, corpus())
+    task = CopyTask.of(tokenizer)
+    targets = set(tokenizer.convert_ids_to_tokens(list(task.targets)))
+    assert len(targets) > 500  # on 157 whole words the decoder learned a look-up, not copying
+    names = _taxonomy_words() | {"normal", "anomaly", "defect", "the", "is"}
+    assert not targets & {f"Ġ{name}" for name in names}
+    assert not targets & {token for text in inspection_texts() for token in tokenizer.tokenize(text)}
+    assert not targets & {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<image>"}
+
+    vocabulary = tokenizer.get_vocab()
+    chosen = [vocabulary["Ġcircle"], vocabulary["es"]] * 8  # a whole word and a piece
+    batch = copy_batch(tokenizer, task, chosen, np.random.default_rng(0))
+    asked = {tokenizer.decode(ids).split("user\n")[1].split("<|im_end|>")[0] for ids in batch["input_ids"]}
+    assert len(asked) > 4  # the questions take several sentence shapes
+    for ids, labels, target in zip(batch["input_ids"], batch["labels"], chosen, strict=True):
+        assert (ids == target).sum() == 2  # named in the question and repeated in the answer
+        answer = tokenizer.convert_ids_to_tokens(labels[labels != -100])
+        assert answer[:4] == ["No", ",", "Ġthe", tokenizer.convert_ids_to_tokens(target)]
+        assert answer[-1] == "<|im_end|>" and len(answer) == 10  # the labels cover the answer alone
+
+
+def test_stage_two_asks_the_copy_question_of_half_the_scenes(tmp_path):
+    _, processor = load_backbone(build_tiny_backbone(tmp_path / "tiny"))
+    task = CopyTask.of(processor.tokenizer)
+    rng = np.random.default_rng(0)
+    scenes = [draw_scene(rng) for _ in range(400)]
+    drawn = [scene_dialogue(scene, rng, task) for scene in scenes]
+    copied = [(scene, answer, target) for scene, ((_, answer), target) in zip(scenes, drawn, strict=True) if target]
+    assert 0.4 < len(copied) / len(scenes) < 0.6
+    assert len({target for _, _, target in copied}) > 100
+    for scene, answer, target in copied:
+        assert target in task.targets
+        named = f"has {scene.marks[0].words}" if scene.marks else "has no marks"
+        assert answer == f"{'Yes' if scene.marks else 'No'}, the {task.placeholder} {named}."
+    assert all(target is None for _, target in (scene_dialogue(scene, rng) for scene in scenes))
+
+    images = [render(scene, rng, 112) for scene in scenes[:2]]
+    dialogues = [task.dialogue(scenes[0].marks), ("What is the background?", "Plain.")]
+    inputs = dialogue_inputs(processor, images, dialogues)
+    swapped = task.swap(inputs, [task.targets[7], None])
+    assert (swapped["input_ids"][0] == task.targets[7]).sum() == 2
+    assert (swapped["labels"][0] == task.targets[7]).sum() == 1
+    assert torch.equal(swapped["input_ids"][1], inputs["input_ids"][1])
+    with pytest.raises(ValueError, match="placeholder 0 times"):
+        task.swap(inputs, [None, task.targets[7]])
+
+
+def test_copy_task_trains_the_decoder_layers_and_stage_two_keeps_the_embeddings(tmp_path):
+    model, processor = load_backbone(build_tiny_backbone(tmp_path / "tiny"))
+    task = CopyTask.of(processor.tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pretrain_copying(model, processor.tokenizer, task, Schedule(steps=2, batch_size=2, learning_rate=1e-2))
+    copied = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert any("language_model.layers.0.self_attn" in name for name in copied)
+    assert all("language_model.layers" in name or "language_model.norm" in name for name in copied)
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pretrain_language(model, processor, 112, Schedule(steps=2, batch_size=2, learning_rate=1e-2), task=task)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert any("multi_modal_projector" in name for name in changed)
+    assert not any("vision_tower" in name or "embed_tokens" in name for name in changed)
+    assert torch.equal(model.get_output_embeddings().weight, before["model.language_model.embed_tokens.weight"])
 
 
 def test_pretraining_is_deterministic_and_checked(tmp_path):
@@ -129,6 +218,19 @@ def test_pretraining_is_deterministic_and_checked(tmp_path):
     first = pretrain_tiny_backbone(tmp_path / "a", seed=5, vision=schedule, language=schedule, log=None)
     second = pretrain_tiny_backbone(tmp_path / "b", seed=5, vision=schedule, language=schedule, log=None)
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    # stage 1 skipped, its tower taken from the first: the same bytes again
+    third = pretrain_tiny_backbone(tmp_path / "t", seed=5, language=schedule, log=None, tower_from=first)
+    assert (third / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
+    source = check_pretrained_backbone(third)["vision_tower_from"]
+    assert source["seed"] == 5 and source["sha256"] == check_pretrained_backbone(first)["sha256"]
+    assert "copy_schedule" not in check_pretrained_backbone(third)
+    copying = pretrain_tiny_backbone(tmp_path / "c", 5, language=schedule, log=None, copying=schedule, tower_from=first)
+    assert check_pretrained_backbone(copying)["copy_targets"] > 500
+    assert (copying / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
+    (tmp_path / "towerless").mkdir()
+    save_file({"weight": torch.zeros(2)}, tmp_path / "towerless" / "model.safetensors")
+    with pytest.raises(PretrainedBackboneError, match="holds no vision tower"):
+        pretrain_tiny_backbone(tmp_path / "x", 5, language=schedule, log=None, tower_from=tmp_path / "towerless")
     built = check_pretrained_backbone(first)
     assert built["seed"] == 5
     assert built["cpu"] == cpu_description()  # a rebuild on another machine need not write these bytes

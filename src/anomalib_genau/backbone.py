@@ -125,6 +125,11 @@ def _dialogue_corpus() -> list[str]:
     return sentences
 
 
+def inspection_texts() -> list[str]:
+    """GenAU's own texts: its prompts and answers for every product and defect name, and its type questions."""
+    return [*_tokenizer_corpus(), *_dialogue_corpus()]
+
+
 def build_tiny_tokenizer(vocab_size: int = 512, extra_corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer offline, with Qwen's special tokens and chat template.
 

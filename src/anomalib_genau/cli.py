@@ -15,18 +15,22 @@ def tiny_backbone(args: argparse.Namespace) -> None:
     """Write the tiny LLaVA-OneVision checkpoint and processor: random, or pre-trained on generic scenes."""
     if args.rebuild and not args.pretrained:
         raise SystemExit("anomalib-genau tiny-backbone: --rebuild goes with --pretrained.")
+    if (args.tower_from is not None or args.copy_task) and not args.rebuild:
+        raise SystemExit("anomalib-genau tiny-backbone: --tower-from and --copy-task go with --pretrained --rebuild.")
     if not args.pretrained:
         from anomalib_genau.backbone import build_tiny_backbone
 
         print(build_tiny_backbone(args.directory, seed=args.seed))
         return
     from anomalib_genau.pretraining import PretrainedBackboneError, install_pretrained_backbone, pretrain_tiny_backbone
+    from anomalib_genau.pretraining.stages import COPY_SCHEDULE
 
-    if args.rebuild:
-        print(pretrain_tiny_backbone(args.directory, seed=args.seed))
-        return
     try:
-        print(install_pretrained_backbone(args.directory))
+        if args.rebuild:
+            copying = COPY_SCHEDULE if args.copy_task else None
+            print(pretrain_tiny_backbone(args.directory, seed=args.seed, copying=copying, tower_from=args.tower_from))
+        else:
+            print(install_pretrained_backbone(args.directory))
     except PretrainedBackboneError as error:
         raise SystemExit(str(error)) from None
 
@@ -248,6 +252,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     backbone.add_argument(
         "--rebuild", action="store_true", help="with --pretrained: run the pre-training instead of copying"
+    )
+    backbone.add_argument(
+        "--tower-from",
+        type=Path,
+        help="with --rebuild: take the vision tower from this pre-trained backbone (skips stage 1's 80 minutes)",
+    )
+    backbone.add_argument(
+        "--copy-task",
+        action="store_true",
+        help="with --rebuild: add the copy task (not in the shipped stand-in; benchmarks/RESULTS.md, issue 18)",
     )
     backbone.set_defaults(handler=tiny_backbone)
 

@@ -1,6 +1,6 @@
 """A pre-trained tiny stand-in: the tiny LLaVA-OneVision trained offline on generic generated scenes.
 
-``pretrain_tiny_backbone`` runs both stages (:mod:`.stages`) and writes the checkpoint with a
+``pretrain_tiny_backbone`` runs the stages (:mod:`.stages`) and writes the checkpoint with a
 manifest; the repository ships the result (:data:`SHIPPED_BACKBONE`) and
 ``install_pretrained_backbone`` copies it after checking the manifest.
 """

@@ -41,6 +41,14 @@ NUMBERS = ("no", "one", "two", "three")
 FAINT = {"lighter": 1, "darker": -1}
 FAINT_SHARE = 0.3
 MARKS_QUESTION = "Are there any marks?"
+# The copy task's questions: the word in sentences of several shapes, as prompts name an object.
+COPY_QUESTIONS = (
+    "Is there a mark on the {word}?",
+    "Does the {word} have any marks?",
+    "Look at the {word}. Are there marks on it?",
+    "Check the {word} for marks and name them.",
+    "What is on the {word}? If there is a mark, name it.",
+)
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,18 @@ def questions(scene: Scene, rng: Rng) -> list[tuple[str, str]]:
     if empty:
         pairs.append((f"What is at the {rng.choice(empty)}?", "Nothing, only the background."))
     return pairs
+
+
+def copy_dialogue(word: str, marks: tuple[Mark, ...] = (), question: int = 0) -> tuple[str, str]:
+    """The copy task's ``question`` (an index of :data:`COPY_QUESTIONS`) about ``word``, answered by repeating it.
+
+    The answer names the first mark, if any. Not part of :func:`corpus`: the tokenizer's vocabulary
+    comes first, and the copy task's words are entries of it.
+    """
+    asked = COPY_QUESTIONS[question].format(word=word)
+    if marks:
+        return asked, f"Yes, the {word} has {marks[0].words}."
+    return asked, f"No, the {word} has no marks."
 
 
 def corpus() -> list[str]:

@@ -16,6 +16,16 @@ tiny stand-in gets the same two stages, on :mod:`~anomalib_genau.pretraining.sce
    ``image_newline`` and the decoder learn to answer captions and questions, with the LM
    loss on the answer tokens only.
 
+The copy task (:class:`CopyTask`) is an option, not part of the shipped stand-in: before stage 2
+the decoder alone learns, text only, to repeat a token its prompt names
+(:func:`pretrain_copying`), and stage 2 asks the copy question of half its scenes. GenAU's
+answers repeat words of its prompt (the product, a listed type); a real LLM copies before any
+fine-tuning, and the tiny decoder trained on the scenes alone does not. The token embeddings
+stay random and frozen from the copy task on: with trained embeddings the decoder learned a
+look-up of the words it trained on, not copying. With the task, GenAU named its own product in
+more normal answers and its type F1 rose, but its yes/no agreement fell (benchmarks/RESULTS.md,
+issue 18).
+
 :func:`pretrain_local_reading` is the third stage that ``benchmarks/image_reading.py`` tried on
 version 1 of the stand-in (without the grounding loss), not part of the shipped one: the same
 parts learn to answer "Are there any marks?" alone, loud marks first, then recall stage 2's
@@ -38,12 +48,28 @@ import torch
 from transformers import (
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionProcessor,
+    PreTrainedTokenizerBase,
     SiglipConfig,
     SiglipModel,
     SiglipVisionConfig,
 )
 
-from .scenes import MARKS_QUESTION, SHAPES, caption, draw_scene, marks_scene, questions, render, render_with_shapes
+from anomalib_genau.backbone import SPECIAL_TOKENS, inspection_texts
+
+from .scenes import (
+    COPY_QUESTIONS,
+    MARKS_QUESTION,
+    SHAPES,
+    Mark,
+    Scene,
+    caption,
+    copy_dialogue,
+    draw_scene,
+    marks_scene,
+    questions,
+    render,
+    render_with_shapes,
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +85,15 @@ class Schedule:
 # defects in the features (benchmarks/RESULTS.md, "Stand-in version 3" to "version 5"); a wider
 # tower did not.
 VISION_SCHEDULE = Schedule(steps=12800, batch_size=64, learning_rate=2e-3)
+COPY_SCHEDULE = Schedule(steps=1000, batch_size=16, learning_rate=2e-3)
 LANGUAGE_SCHEDULE = Schedule(steps=1500, batch_size=16, learning_rate=2e-3)
+# Stage 2's share of copy questions, with the copy task: with a quarter, GenAU's type F1 and
+# yes/no agreement were lower than with a half (benchmarks/RESULTS.md, issue 18, fourteenth session).
+COPY_SHARE = 0.5
+# Frozen in the copy task: the tower, the projector and the token embeddings (tied to the output
+# layer), which stay random; stage 2 with the copy task keeps the embeddings frozen too.
+COPY_FROZEN = ("vision_tower", "multi_modal_projector", "embed_tokens")
+WORD_PREFIX = "Ġ"  # byte-level BPE's mark of a leading space: such a token is a whole word
 READING_SCHEDULE = Schedule(steps=600, batch_size=16, learning_rate=1e-3)
 RECALL_SCHEDULE = Schedule(steps=200, batch_size=16, learning_rate=2e-4)
 # The grounding loss's weight against the sigmoid loss (about 7 per image at the end of stage 1),
@@ -205,35 +239,134 @@ def pretrain_vision_tower(
     return {k: v for k, v in model.vision_model.state_dict().items() if not k.startswith("head.")}
 
 
+@dataclass(frozen=True)
+class CopyTask:
+    """The copy question about one vocabulary entry, answered by repeating it.
+
+    Its targets are every entry that no text of GenAU's tokenizes to (its prompts, answers,
+    product and defect names), pieces of words included: pre-training names no product and no
+    defect, and where GenAU repeats its product that is copying learned on other tokens. On the
+    157 whole words among them the tiny decoder learned a look-up and copied no held-out word;
+    on all of them (690) it copies held-out words too (benchmarks/RESULTS.md, issue 18).
+
+    The dialogue is written with ``placeholder``, a target that is a whole word on its own, and
+    :meth:`swap` puts each row's target in its place in the token ids.
+    """
+
+    targets: tuple[int, ...]
+    placeholder: str
+    placeholder_id: int
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> CopyTask:
+        """The task on ``tokenizer``'s vocabulary."""
+        used = {token for text in inspection_texts() for token in tokenizer.tokenize(text)}
+        unused = set(tokenizer.get_vocab()) - used - set(SPECIAL_TOKENS)
+        targets = tuple(sorted(tokenizer.convert_tokens_to_ids(list(unused))))
+        for target in targets:
+            token = tokenizer.convert_ids_to_tokens(target)
+            word = token.removeprefix(WORD_PREFIX)
+            if token.startswith(WORD_PREFIX) and word.isalpha() and tokenizer.tokenize(f" {word}") == [token]:
+                return cls(targets, word, target)
+        msg = "The vocabulary holds no whole word that GenAU's texts leave unused, for the copy task."
+        raise ValueError(msg)
+
+    def dialogue(self, marks: tuple[Mark, ...] = (), question: int = 0) -> tuple[str, str]:
+        """The question (an index of :data:`~.scenes.COPY_QUESTIONS`) and answer, the placeholder for the target."""
+        return copy_dialogue(self.placeholder, marks, question)
+
+    def swap(self, inputs: dict[str, torch.Tensor], targets: Sequence[int | None]) -> dict[str, torch.Tensor]:
+        """``inputs`` with row ``b``'s placeholder (in its question and answer) swapped for ``targets[b]``.
+
+        Rows whose target is ``None`` asked another question and stay as they are.
+        """
+        input_ids, labels = inputs["input_ids"].clone(), inputs["labels"].clone()
+        for row, target in enumerate(targets):
+            if target is None:
+                continue
+            at = input_ids[row] == self.placeholder_id
+            if int(at.sum()) != 2:
+                msg = f"A copy row holds the placeholder {int(at.sum())} times, not twice (question and answer)."
+                raise ValueError(msg)
+            input_ids[row, at] = target
+            labels[row, labels[row] == self.placeholder_id] = target
+        return {**inputs, "input_ids": input_ids, "labels": labels}
+
+
+def answer_labels(input_ids: torch.Tensor, answer_lengths: Sequence[int]) -> torch.Tensor:
+    """``(B, T)`` LM labels: the last ``answer_lengths[b]`` tokens of each left-padded row ``b``, -100 elsewhere."""
+    labels = torch.full_like(input_ids, -100)
+    for row, count in enumerate(answer_lengths):
+        labels[row, -count:] = input_ids[row, -count:]
+    return labels
+
+
+def _answer_length(tokenizer: PreTrainedTokenizerBase, answer: str) -> int:
+    """Tokens of ``answer`` and the end-of-turn token that closes it."""
+    return len(tokenizer(f"{answer}{tokenizer.eos_token}", add_special_tokens=False).input_ids)
+
+
 def dialogue_inputs(
     processor: LlavaOnevisionProcessor, images: list[np.ndarray], dialogues: list[tuple[str, str]]
 ) -> dict[str, torch.Tensor]:
     """Processor inputs of one (question, answer) per image, with ``labels`` on the answer tokens only."""
     tokenizer = processor.tokenizer
-    texts, answers = [], []
+    texts = []
     for question, answer in dialogues:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
         texts.append(f"{prompt}{answer}{tokenizer.eos_token}")
-        answers.append(len(tokenizer(f"{answer}{tokenizer.eos_token}", add_special_tokens=False).input_ids))
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
-    labels = torch.full_like(inputs.input_ids, -100)
-    for row, count in enumerate(answers):  # left padding: every answer ends its row
-        labels[row, -count:] = inputs.input_ids[row, -count:]
-    return {**inputs, "labels": labels}
+    lengths = [_answer_length(tokenizer, answer) for _, answer in dialogues]
+    return {**inputs, "labels": answer_labels(inputs.input_ids, lengths)}
+
+
+def copy_batch(
+    tokenizer: PreTrainedTokenizerBase, task: CopyTask, targets: Sequence[int], rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """Left-padded text-only chats, a random copy question about each token id in ``targets``; labels on the answers."""
+    dialogues = [task.dialogue(question=int(rng.integers(len(COPY_QUESTIONS)))) for _ in targets]
+    chats = [[{"role": "user", "content": question}] for question, _ in dialogues]
+    prompts = tokenizer.apply_chat_template(chats, add_generation_prompt=True, tokenize=False)
+    texts = [f"{prompt}{answer}{tokenizer.eos_token}" for prompt, (_, answer) in zip(prompts, dialogues, strict=True)]
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+    labels = answer_labels(inputs.input_ids, [_answer_length(tokenizer, answer) for _, answer in dialogues])
+    return task.swap({**inputs, "labels": labels}, targets)
+
+
+def scene_dialogue(
+    scene: Scene, rng: np.random.Generator, task: CopyTask | None = None
+) -> tuple[tuple[str, str], int | None]:
+    """One of the scene's questions, or (a share :data:`COPY_SHARE`, given ``task``) the copy question.
+
+    Returns:
+        The question and answer, and the copy question's target token id (``None`` for the scene's own questions).
+
+    """
+    if task is not None and rng.random() < COPY_SHARE:
+        question = int(rng.integers(len(COPY_QUESTIONS)))
+        return task.dialogue(scene.marks, question), int(rng.choice(task.targets))
+    pairs = questions(scene, rng)
+    return pairs[int(rng.integers(len(pairs)))], None
 
 
 def _dialogue_batch(
-    processor: LlavaOnevisionProcessor, rng: np.random.Generator, batch_size: int, size: int
+    processor: LlavaOnevisionProcessor,
+    rng: np.random.Generator,
+    batch_size: int,
+    size: int,
+    task: CopyTask | None = None,
 ) -> dict[str, torch.Tensor]:
-    """:func:`dialogue_inputs` of random scenes, one random question each."""
-    images, dialogues = [], []
+    """:func:`dialogue_inputs` of random scenes, one question each (:func:`scene_dialogue`)."""
+    images, dialogues, targets = [], [], []
     for _ in range(batch_size):
         scene = draw_scene(rng)
-        pairs = questions(scene, rng)
-        dialogues.append(pairs[int(rng.integers(len(pairs)))])
+        dialogue, target = scene_dialogue(scene, rng, task)
+        dialogues.append(dialogue)
+        targets.append(target)
         images.append(render(scene, rng, size))
-    return dialogue_inputs(processor, images, dialogues)
+    inputs = dialogue_inputs(processor, images, dialogues)
+    return inputs if task is None else task.swap(inputs, targets)
 
 
 @torch.no_grad()
@@ -288,6 +421,23 @@ def train_steps(
     model.eval()
 
 
+def pretrain_copying(
+    model: LlavaOnevisionForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    task: CopyTask,
+    schedule: Schedule = COPY_SCHEDULE,
+    seed: int = 0,
+    log: Log | None = None,
+) -> None:
+    """Train the decoder's layers alone, text only, to repeat the token its prompt names (:class:`CopyTask`)."""
+    rng = np.random.default_rng(seed + 2)
+
+    def batches(_: int) -> dict[str, torch.Tensor]:
+        return copy_batch(tokenizer, task, rng.choice(task.targets, schedule.batch_size).tolist(), rng)
+
+    train_steps(model, schedule, batches, COPY_FROZEN, log, "copying")
+
+
 def pretrain_language(
     model: LlavaOnevisionForConditionalGeneration,
     processor: LlavaOnevisionProcessor,
@@ -295,20 +445,25 @@ def pretrain_language(
     schedule: Schedule = LANGUAGE_SCHEDULE,
     seed: int = 0,
     log: Log | None = None,
+    task: CopyTask | None = None,
 ) -> None:
-    """Train the projector, ``image_newline`` and decoder to caption scenes and answer questions (tower frozen)."""
+    """Train the projector, ``image_newline`` and decoder to caption scenes and answer questions (tower frozen).
+
+    Given ``task``, about half the questions are its copy question, and the token embeddings stay frozen.
+    """
     rng = np.random.default_rng(seed + 1)
     torch.manual_seed(seed + 1)
-    probe = _dialogue_batch(processor, rng, schedule.batch_size, image_size)
+    probe = _dialogue_batch(processor, rng, schedule.batch_size, image_size, task)
     factor = match_image_token_scale(model, probe)
     norms = "image tokens' and text embeddings' mean norms {:.2f}, {:.2f}"
     if log is not None:
         log(f"projector output scaled by {factor:.4f}: " + norms.format(*image_token_norms(model, probe)))
 
     def batches(_: int) -> dict[str, torch.Tensor]:
-        return _dialogue_batch(processor, rng, schedule.batch_size, image_size)
+        return _dialogue_batch(processor, rng, schedule.batch_size, image_size, task)
 
-    train_steps(model, schedule, batches, ("vision_tower",), log, "language")
+    frozen = ("vision_tower",) if task is None else ("vision_tower", "embed_tokens")
+    train_steps(model, schedule, batches, frozen, log, "language")
     if log is not None:
         log("after training: " + norms.format(*image_token_norms(model, probe)))
 
