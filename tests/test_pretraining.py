@@ -231,6 +231,9 @@ def test_pretraining_is_deterministic_and_checked(tmp_path):
     save_file({"weight": torch.zeros(2)}, tmp_path / "towerless" / "model.safetensors")
     with pytest.raises(PretrainedBackboneError, match="holds no vision tower"):
         pretrain_tiny_backbone(tmp_path / "x", 5, language=schedule, log=None, tower_from=tmp_path / "towerless")
+    (tmp_path / "towerless" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(PretrainedBackboneError, match="is unreadable"):
+        pretrain_tiny_backbone(tmp_path / "x", 5, language=schedule, log=None, tower_from=tmp_path / "towerless")
     built = check_pretrained_backbone(first)
     assert built["seed"] == 5
     assert built["cpu"] == cpu_description()  # a rebuild on another machine need not write these bytes

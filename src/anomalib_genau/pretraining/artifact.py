@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from anomalib_genau.backbone import TINY, build_tiny_tokenizer, random_backbone, save_backbone
@@ -56,18 +57,24 @@ def _tower_of(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The vision tower's weights in a pre-trained backbone ``directory``, and what its manifest says of stage 1.
 
     Raises:
-        PretrainedBackboneError: The directory holds no weights, or no vision tower.
+        PretrainedBackboneError: The directory holds no weights or no vision tower, or they or the
+            manifest are unreadable.
 
     """
     weights, manifest_file = directory / WEIGHTS, directory / MANIFEST
     if not weights.is_file():
         msg = f"--tower-from '{directory}' holds no {WEIGHTS}: give a pre-trained tiny backbone's directory."
         raise PretrainedBackboneError(msg)
-    tower = {k[len(TOWER_PREFIX) :]: v for k, v in load_file(str(weights)).items() if k.startswith(TOWER_PREFIX)}
+    try:
+        state = load_file(str(weights))
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    except (SafetensorError, json.JSONDecodeError) as error:
+        msg = f"--tower-from '{directory}' is unreadable ({error}): give a pre-trained tiny backbone's directory."
+        raise PretrainedBackboneError(msg) from error
+    tower = {k[len(TOWER_PREFIX) :]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
     if not tower:
         msg = f"'{weights}' holds no vision tower (no '{TOWER_PREFIX}' weights)."
         raise PretrainedBackboneError(msg)
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     stage_one = ("version", "seed", "vision_schedule", "grounding_weight", "grounding_positive_weight", "shape_weight")
     return tower, {**{key: manifest.get(key) for key in stage_one}, "sha256": _digest(weights)}
 
