@@ -112,17 +112,15 @@ def main() -> None:
         )
 
     report("before")
-    if args.steps == 0:
-        return
     rng = np.random.default_rng(0)
     frozen = ("vision_tower", "multi_modal_projector", *(("embed_tokens",) if args.frozen_embeddings else ()))
-    schedule = Schedule(args.steps, 16, args.learning_rate)
 
     def batches(_: int) -> dict[str, torch.Tensor]:
         return copy_batch(tokenizer, task, rng.choice(trained, 16).tolist(), rng)
 
-    train_steps(model, schedule, batches, frozen, print, "copy")
-    report(f"after {args.steps} steps")
+    if args.steps > 0:
+        train_steps(model, Schedule(args.steps, 16, args.learning_rate), batches, frozen, print, "copy")
+        report(f"after {args.steps} steps")
     print(f"{time.perf_counter() - start:.0f} s; CPU: {cpu_description()}, {torch.get_num_threads()} threads")
 
 
