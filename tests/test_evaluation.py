@@ -7,7 +7,7 @@ import torch
 
 from anomalib_genau.data.synthetic import generate_mvtec_dataset, read_difficulty
 from anomalib_genau.evaluation import ImageRecord, NearestNeighbourPatches, part_metrics, reference_records
-from anomalib_genau.evaluation.parts import is_clean, records_from_batches, says_yes
+from anomalib_genau.evaluation.parts import best_threshold_agreement, is_clean, records_from_batches, says_yes
 
 
 def test_answers_are_read_as_yes_no_and_degenerate_ones_are_not_clean() -> None:
@@ -44,6 +44,15 @@ def test_records_are_read_from_anomalib_batches_without_type_fields(tmp_path: Pa
     assert records[1].anomaly_map.shape == (4, 4)
 
 
+def test_best_threshold_agreement_cuts_only_between_different_scores() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    assert best_threshold_agreement(torch.tensor([0.1, 0.2, 0.8, 0.9, 0.3]), labels) == pytest.approx(1.0)
+    assert best_threshold_agreement(torch.tensor([0.1, 0.2, 0.8, 0.9, 0.85]), labels) == pytest.approx(0.8)
+    # one tied group: all flagged or none, never the anomalous half of it
+    assert best_threshold_agreement(torch.full((5,), 0.5), labels) == pytest.approx(0.6)
+    assert best_threshold_agreement(torch.tensor([0.9, 0.9, 0.1, 0.1, 0.9]), labels) == pytest.approx(0.6)
+
+
 def _record(key: str, label: int, score: float, hot: bool, answer: str) -> ImageRecord:
     mask = torch.zeros(4, 4, dtype=torch.bool)
     mask[0, 0] = bool(label)
@@ -68,6 +77,10 @@ def test_parts_hold_every_normal_image_and_their_own_anomalies() -> None:
     assert parts["easy"]["yes_no_agreement"] == pytest.approx(2 / 3)
     assert parts["all"]["yes_no_agreement"] == pytest.approx(2 / 4)
     assert parts["all"]["clean_answers"] == 1.0
+    # the map's maximum flags the easy hole alone: the subtle one ties with the normal images
+    assert parts["easy"]["map_max_best_agreement"] == pytest.approx(1.0)
+    assert parts["subtle"]["map_max_best_agreement"] == pytest.approx(2 / 3)
+    assert parts["all"]["map_max_best_agreement"] == pytest.approx(3 / 4)
     with pytest.raises(KeyError, match=r"not in difficulty\.csv"):
         part_metrics(records, {"a/test/hole/0.png": "easy"})
 

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_genau.backbone import build_tiny_backbone, build_tiny_tokenizer, inspection_texts, load_backbone
+from anomalib_genau.demo import DEMO_BACKBONE, prepare_demo_artifacts
 from anomalib_genau.machine import cpu_description
 from anomalib_genau.pretraining import (
     REBUILD_COMMAND,
@@ -213,7 +214,7 @@ def test_copy_task_trains_the_decoder_layers_and_stage_two_keeps_the_embeddings(
     assert torch.equal(model.get_output_embeddings().weight, before["model.language_model.embed_tokens.weight"])
 
 
-def test_pretraining_is_deterministic_and_checked(tmp_path):
+def test_pretraining_is_deterministic_and_checked(tmp_path, monkeypatch, capsys):
     schedule = Schedule(steps=2, batch_size=4, learning_rate=1e-3)
     first = pretrain_tiny_backbone(tmp_path / "a", seed=5, vision=schedule, language=schedule, log=None)
     second = pretrain_tiny_backbone(tmp_path / "b", seed=5, vision=schedule, language=schedule, log=None)
@@ -227,6 +228,16 @@ def test_pretraining_is_deterministic_and_checked(tmp_path):
     copying = pretrain_tiny_backbone(tmp_path / "c", 5, language=schedule, log=None, copying=schedule, tower_from=first)
     assert check_pretrained_backbone(copying)["copy_targets"] > 500
     assert (copying / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
+    with pytest.raises(PretrainedBackboneError, match="without the copy task"):
+        pretrain_tiny_backbone(SHIPPED_BACKBONE, 5, language=schedule, log=None, copying=schedule, tower_from=first)
+    # the demo keeps a rebuild found in its work folder (benchmarks use one), and says so
+    shutil.copytree(copying, tmp_path / "demo" / DEMO_BACKBONE)
+    monkeypatch.setattr("anomalib_genau.data.synthetic.generate_mvtec_dataset", lambda *args, **kwargs: None)
+    prepare_demo_artifacts(tmp_path / "demo")
+    assert "with the copy task: a rebuild, not the shipped one" in capsys.readouterr().out
+    assert (tmp_path / "demo" / DEMO_BACKBONE / "model.safetensors").read_bytes() == (
+        copying / "model.safetensors"
+    ).read_bytes()
     (tmp_path / "towerless").mkdir()
     save_file({"weight": torch.zeros(2)}, tmp_path / "towerless" / "model.safetensors")
     with pytest.raises(PretrainedBackboneError, match="holds no vision tower"):

@@ -4,7 +4,9 @@ anomalib's Evaluator reports one number per test run; the generated data lists w
 anomalous images are subtle (``difficulty.csv``), so these metrics split the run: each part
 holds every normal image and the anomalous images of that difficulty. Besides anomalib's
 AUROCs they score GenAU's text: whether the yes/no answer agrees with the label, whether the
-answers are clean (no fragment repeated back to back) and the defect type's weighted F1.
+answers are clean (no fragment repeated back to back) and the defect type's weighted F1. Beside
+the yes/no agreement, the map maximum's agreement at its best threshold says how many images the
+map itself tells apart: an answer that followed the map could agree with no more.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PART_METRICS = (
     "image_AUROC_map_max",
     "pixel_AUROC",
     "yes_no_agreement",
+    "map_max_best_agreement",
     "clean_answers",
     "type_WeightedF1",
 )
@@ -121,6 +124,23 @@ def is_clean(answer: str) -> bool:
     return _REPEATED_FRAGMENT.search(answer) is None
 
 
+def best_threshold_agreement(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of images that ``scores`` ``(N,)`` classify as ``labels`` ``(N,)`` at the best threshold.
+
+    The threshold is chosen on the images themselves, so no threshold rule on these scores (a
+    yes/no answer that followed them, anomalib's F1-adaptive threshold) agrees with more of them.
+    """
+    scores, labels = scores.float(), labels.float()
+    order = scores.argsort(descending=True)
+    ranked, flagged = scores[order], labels[order]
+    # flag the k highest scores as anomalous, k = 0..N, cutting only between different scores
+    true_positives = torch.cat([torch.zeros(1), flagged.cumsum(0)])
+    false_positives = torch.arange(len(labels) + 1) - true_positives
+    correct = true_positives + (len(labels) - labels.sum()) - false_positives
+    cuttable = torch.cat([torch.ones(1, dtype=torch.bool), ranked[:-1] != ranked[1:], torch.ones(1, dtype=torch.bool)])
+    return float(correct[cuttable].max() / len(labels))
+
+
 def _metrics(records: Sequence[ImageRecord]) -> dict[str, float]:
     labels = torch.tensor([r.label for r in records])
     both_classes = 0 < int(labels.sum()) < len(labels)
@@ -130,6 +150,7 @@ def _metrics(records: Sequence[ImageRecord]) -> dict[str, float]:
         result["image_AUROC"] = float(binary_auroc(torch.tensor([r.score for r in records]), labels))
         map_max = torch.stack([r.anomaly_map.max() for r in records])
         result["image_AUROC_map_max"] = float(binary_auroc(map_max, labels))
+        result["map_max_best_agreement"] = best_threshold_agreement(map_max, labels)
         pixels = torch.cat([r.anomaly_map.flatten() for r in records])
         truth = torch.cat([r.mask.flatten() for r in records]).long()
         # exact (sorted) AUROC: binned thresholds loop over millions of pixels once per threshold

@@ -98,9 +98,17 @@ def pretrain_tiny_backbone(
     the same kind (``benchmarks/RESULTS.md``).
 
     Raises:
-        PretrainedBackboneError: ``tower_from`` holds no tower, or one of another shape.
+        PretrainedBackboneError: ``tower_from`` holds no tower, or one of another shape; or
+            ``copying`` with ``directory`` the shipped stand-in's, which the copy-task build would
+            replace while passing :func:`check_pretrained_backbone` like it.
 
     """
+    if copying is not None and Path(directory).resolve() == SHIPPED_BACKBONE:
+        msg = (
+            "The shipped stand-in is built without the copy task: write a --copy-task build "
+            f"elsewhere, not to '{directory}'."
+        )
+        raise PretrainedBackboneError(msg)
     start = time.perf_counter()
     tokenizer = build_tiny_tokenizer(PRETRAINED_VOCAB, corpus())
     model, processor = random_backbone(TINY, tokenizer, seed)
