@@ -1,21 +1,22 @@
 """The demo's configuration trained with other model settings, each from the same seed, side by side.
 
-    python benchmarks/demo_settings.py [--workdir demo_settings] [--target ROOT] [--seeds 0 1]
+    python benchmarks/demo_settings.py [--workdir demo_settings] [--target ROOT [ROOT ...]] [--seeds 0 1]
         --settings "temperature=0.07" "temperature=2.0" "data.multi_type_ratio=0.5 trainer.max_epochs=16"
 
 Each setting is a space-separated list of ``GenAU`` arguments (``key=value``, passed as
 ``--model.key=value``) or of datamodule and trainer arguments (``data.key=value`` and
-``trainer.key=value``, passed as they are), applied to ``configs/genau_tiny.yaml``: the
-pre-trained tiny stand-in trained on the generated source. Every setting and seed is fitted
-through anomalib's CLI classes (seeded by ``SeededAnomalibCLI``, so a setting run twice gives the
-same figures) and tested on the demo's held-out target, or on ``--target``, a generated
-MVTec-layout root with its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another
-seed). The table gives pixel AUROC and the map maximum's image AUROC on the target's easy and
-subtle parts and on all of it, the image AUROC of the model's own score on the subtle part and
-on all of it (the fused score with ``score_fusion=true``), the yes/no answer's agreement with the
-label and the map maximum's at its best threshold (what an answer that followed the map could
-reach), the share of clean answers, the defect type's weighted F1 (the configuration's
-``generate`` mode) on the easy part and on all of it, and the train + test time.
+``trainer.key=value``, passed as they are), applied to ``configs/genau_tiny.yaml``: the pre-trained
+tiny stand-in trained on the generated source. Every setting and seed is fitted through anomalib's
+CLI classes (seeded by ``SeededAnomalibCLI``, so a setting run twice gives the same figures) and
+tested on the demo's held-out target, or on each ``--target``, a generated MVTec-layout root with
+its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another seed): a setting judged on
+one target can gain there and not on another. The table gives pixel AUROC and the map maximum's
+image AUROC on the target's easy and subtle parts and on all of it, the image AUROC of the model's
+own score on the subtle part and on all of it (the fused score with ``score_fusion=true``), the
+yes/no answer's agreement with the label and the map maximum's at its best threshold (what an answer
+that followed the map could reach), the share of clean answers, the defect type's weighted F1 (the
+configuration's ``generate`` mode) on the easy part and on all of it, and the train + test time; a
+"mean" row follows each target's seeds, and each setting's runs on every target.
 """
 
 from __future__ import annotations
@@ -76,32 +77,57 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("demo_settings"))
     parser.add_argument("--settings", nargs="+", required=True, help='e.g. "temperature=2.0 lora_dropout=0.0"')
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--target", type=Path, help="generated MVTec-layout target (default: the demo's)")
+    parser.add_argument(
+        "--target",
+        type=Path,
+        nargs="+",
+        help="generated MVTec-layout targets, each tested in turn (default: the demo's)",
+    )
     args = parser.parse_args()
 
-    target = args.target.resolve() if args.target else None
+    targets = [root.resolve() for root in args.target] if args.target else [None]
     enter_workdir(args.workdir)
     columns = [f"{part} {kind}" for part in PARTS for kind in ("pixel", "image")]
     header = (
-        "| setting | seed | " + " | ".join(columns) + " | subtle score | all score | yes/no agreement "
+        "| setting | target | seed | " + " | ".join(columns) + " | subtle score | all score | yes/no agreement "
         "| map max at its best threshold | clean answers | easy type F1 | all type F1 | train + test |"
     )
     print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
     for index, setting in enumerate(args.settings):
-        flags = [f"--{flag(assignment)}" for assignment in setting.split()]
-        flags += [] if target is None else [f"--data.target_root={target}"]
-        for seed in args.seeds:
-            parts, _, seconds = train_and_test([*flags, f"--seed_everything={seed}"], f"setting{index}_seed{seed}")
-            cells = [
-                f"{parts[part][metric]:.3f}" for part in PARTS for metric in ("pixel_AUROC", "image_AUROC_map_max")
-            ]
-            cells += [f"{parts[part]['image_AUROC']:.3f}" for part in ("subtle", "all")]
-            cells += [
-                f"{parts['all'][metric]:.3f}"
-                for metric in ("yes_no_agreement", "map_max_best_agreement", "clean_answers")
-            ]
-            cells += [f"{parts[part]['type_WeightedF1']:.3f}" for part in ("easy", "all")]
-            print(f"| {setting} | {seed} | {' | '.join(cells)} | {seconds:.0f} s |", flush=True)
+        setting_rows = []
+        for target in targets:
+            flags = [f"--{flag(assignment)}" for assignment in setting.split()]
+            flags += [] if target is None else [f"--data.target_root={target}"]
+            name = "demo" if target is None else target.name
+            target_rows = []
+            for seed in args.seeds:
+                parts, _, seconds = train_and_test([*flags, f"--seed_everything={seed}"], f"setting{index}_seed{seed}")
+                target_rows.append([*table_values(parts), seconds])
+                print_row(setting, name, str(seed), target_rows[-1])
+            if len(target_rows) > 1:
+                print_row(setting, name, "mean", mean_row(target_rows))
+            setting_rows += target_rows
+        if len(targets) > 1:
+            print_row(setting, "all targets", "mean", mean_row(setting_rows))
+
+
+def table_values(parts: dict) -> list[float]:
+    """One run's figures in the table's column order, without the time."""
+    values = [parts[part][metric] for part in PARTS for metric in ("pixel_AUROC", "image_AUROC_map_max")]
+    values += [parts[part]["image_AUROC"] for part in ("subtle", "all")]
+    values += [parts["all"][metric] for metric in ("yes_no_agreement", "map_max_best_agreement", "clean_answers")]
+    return values + [parts[part]["type_WeightedF1"] for part in ("easy", "all")]
+
+
+def mean_row(rows: list[list[float]]) -> list[float]:
+    """The column means of several runs' rows."""
+    return [sum(column) / len(column) for column in zip(*rows, strict=True)]
+
+
+def print_row(setting: str, target: str, seed: str, values: list[float]) -> None:
+    """One table row: the figures to three decimals, the last value as seconds."""
+    cells = [f"{value:.3f}" for value in values[:-1]] + [f"{values[-1]:.0f} s"]
+    print(f"| {setting} | {target} | {seed} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

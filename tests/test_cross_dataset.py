@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import RandomVerticalFlip
 
 from anomalib_genau.data import CrossDataset, GenAUBatch
 from anomalib_genau.data.images import BrokenImageError, read_rgb
@@ -88,6 +89,13 @@ def test_training_covers_every_source_category(generated_root: Path) -> None:
         assert any(category in text for text in objects)
     batch = next(iter(datamodule.train_dataloader()))
     assert isinstance(batch, GenAUBatch)
+
+
+def test_train_augmentations_reach_the_source_items_only(generated_root: Path) -> None:
+    plain = _cross(generated_root, "MPDD")
+    flipped = _cross(generated_root, "MPDD", train_augmentations=RandomVerticalFlip(p=1.0))
+    assert torch.equal(flipped.train_data[0].image, plain.train_data[0].image.flip(-2))
+    assert torch.equal(flipped.test_data[0].image, plain.test_data[0].image)
 
 
 def test_selected_categories_and_unknown_ones(generated_root: Path) -> None:

@@ -5,19 +5,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from anomalib.data import MVTecAD
 from PIL import Image
+from torchvision.transforms.v2 import RandomHorizontalFlip
 
 from anomalib_genau.data import GenAUBatch, GenAUDataModule
 from anomalib_genau.taxonomy import UnknownDefectError
 
 
-def _datamodule(source: Path, target: Path | None, category: str = "carpet") -> GenAUDataModule:
+def _datamodule(source: Path, target: Path | None, category: str = "carpet", **arguments) -> GenAUDataModule:
     datamodule = GenAUDataModule(
         source=MVTecAD(root=source, category=category),
         target=None if target is None else MVTecAD(root=target, category=category),
         train_batch_size=4,
         eval_batch_size=4,
+        **arguments,
     )
     datamodule.setup()
     return datamodule
@@ -57,6 +60,22 @@ def test_items_carry_the_dialogue_and_mapped_types(source_root: Path, target_roo
     batch = next(iter(datamodule.train_dataloader()))
     assert isinstance(batch, GenAUBatch)
     assert len(batch.response) == len(batch.instruction) == batch.image.shape[0] == 4
+
+
+def test_train_augmentations_change_the_training_items_only(source_root: Path, target_root: Path) -> None:
+    plain = _datamodule(source_root, target_root)
+    flipped = _datamodule(source_root, target_root, train_augmentations=RandomHorizontalFlip(p=1.0))
+    defective = [i for i in range(len(plain.train_data)) if plain.train_data[i].gt_label == 1]
+    for index in (0, defective[0]):
+        item, reference = flipped.train_data[index], plain.train_data[index]
+        assert item.image_path == reference.image_path
+        assert torch.equal(item.image, reference.image.flip(-1))
+        assert torch.equal(item.gt_mask, reference.gt_mask.flip(-1))
+    mask = flipped.train_data[defective[0]].gt_mask
+    assert not torch.equal(mask, mask.flip(-1))  # the generated defect is not mirror-symmetric
+    for split in ("val_data", "test_data"):
+        item, reference = getattr(flipped, split)[0], getattr(plain, split)[0]
+        assert torch.equal(item.image, reference.image)
 
 
 def test_without_target_tests_on_the_held_out_source_images(source_root: Path) -> None:

@@ -52,7 +52,11 @@ class GenAUDataModule(AnomalibDataModule):
         train_batch_size: Training batch size.
         eval_batch_size: Validation / test batch size.
         num_workers: DataLoader workers.
-        augmentations: Transforms applied to every split before the model's pre-processor.
+        train_augmentations: Transforms applied to the training items before the model's
+            pre-processor, image and mask alike (e.g. random flips); anomalib's datamodule argument.
+        val_augmentations: Transforms applied to the validation items.
+        test_augmentations: Transforms applied to the test items.
+        augmentations: Transforms applied to every split that has none of its own.
         seed: Seed of the split and of the instruction paraphrases.
 
     """
@@ -68,6 +72,9 @@ class GenAUDataModule(AnomalibDataModule):
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
         num_workers: int = 0,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
         augmentations: Transform | None = None,
         seed: int = 0,
     ) -> None:
@@ -75,6 +82,9 @@ class GenAUDataModule(AnomalibDataModule):
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
             augmentations=augmentations,
             seed=seed,
         )
@@ -203,7 +213,11 @@ class CrossDataset(GenAUDataModule):
         train_batch_size: Training batch size.
         eval_batch_size: Validation / test batch size.
         num_workers: DataLoader workers.
-        augmentations: Transforms applied to every split before the model's pre-processor.
+        train_augmentations: Transforms applied to the training items before the model's
+            pre-processor, image and mask alike (e.g. random flips); anomalib's datamodule argument.
+        val_augmentations: Transforms applied to the validation items.
+        test_augmentations: Transforms applied to the test items.
+        augmentations: Transforms applied to every split that has none of its own.
         seed: Seed of the split and of the instruction paraphrases.
 
     Raises:
@@ -230,6 +244,9 @@ class CrossDataset(GenAUDataModule):
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
         num_workers: int = 0,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
         augmentations: Transform | None = None,
         seed: int = 0,
     ) -> None:
@@ -245,6 +262,9 @@ class CrossDataset(GenAUDataModule):
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
             augmentations=augmentations,
             seed=seed,
         )
