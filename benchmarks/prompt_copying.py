@@ -38,7 +38,14 @@ from anomalib_genau.data.images import read_rgb
 from anomalib_genau.machine import cpu_description
 from anomalib_genau.models.genau.lightning_model import GenAU
 from anomalib_genau.pretraining import SHIPPED_BACKBONE
-from anomalib_genau.pretraining.stages import WORD_PREFIX, CopyTask, Schedule, copy_batch, train_steps
+from anomalib_genau.pretraining.stages import (
+    COPY_FROZEN,
+    WORD_PREFIX,
+    CopyTask,
+    Schedule,
+    copy_batch,
+    train_steps,
+)
 from anomalib_genau.taxonomy import load_taxonomy, object_name
 
 
@@ -113,7 +120,8 @@ def main() -> None:
 
     report("before")
     rng = np.random.default_rng(0)
-    frozen = ("vision_tower", "multi_modal_projector", *(("embed_tokens",) if args.frozen_embeddings else ()))
+    # the copy task's frozen parts; the token embeddings train unless --frozen-embeddings
+    frozen = tuple(part for part in COPY_FROZEN if args.frozen_embeddings or part != "embed_tokens")
 
     def batches(_: int) -> dict[str, torch.Tensor]:
         return copy_batch(tokenizer, task, rng.choice(trained, 16).tolist(), rng)
