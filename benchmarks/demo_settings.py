@@ -94,10 +94,10 @@ def main() -> None:
     )
     print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
     for index, setting in enumerate(args.settings):
+        setting_flags = [f"--{flag(assignment)}" for assignment in setting.split()]
         setting_rows = []
         for target in targets:
-            flags = [f"--{flag(assignment)}" for assignment in setting.split()]
-            flags += [] if target is None else [f"--data.target_root={target}"]
+            flags = setting_flags + ([] if target is None else [f"--data.target_root={target}"])
             name = "demo" if target is None else target.name
             target_rows = []
             for seed in args.seeds:
