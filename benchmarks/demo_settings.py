@@ -6,17 +6,19 @@
 Each setting is a space-separated list of ``GenAU`` arguments (``key=value``, passed as
 ``--model.key=value``) or of datamodule and trainer arguments (``data.key=value`` and
 ``trainer.key=value``, passed as they are), applied to ``configs/genau_tiny.yaml``: the pre-trained
-tiny stand-in trained on the generated source. Every setting and seed is fitted through anomalib's
-CLI classes (seeded by ``SeededAnomalibCLI``, so a setting run twice gives the same figures) and
-tested on the demo's held-out target, or on each ``--target``, a generated MVTec-layout root with
-its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another seed): a setting judged on
-one target can gain there and not on another. The table gives pixel AUROC and the map maximum's
-image AUROC on the target's easy and subtle parts and on all of it, the image AUROC of the model's
+tiny stand-in trained on the generated source. Every setting and seed is fitted once through
+anomalib's CLI classes (seeded by ``SeededAnomalibCLI``, so a setting run twice gives the same
+figures) and tested on the demo's held-out target, or on each ``--target``, a generated MVTec-layout
+root with its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another seed): a setting
+judged on one target can gain there and not on another. The target does not enter training, so a
+seed's rows on several targets share one fitted model: they are one training, not several. The
+table gives pixel AUROC and the map maximum's image AUROC on the target's easy and subtle parts and
+on all of it, the image AUROC of the model's
 own score on the subtle part and on all of it (the fused score with ``score_fusion=true``), the
 yes/no answer's agreement with the label and the map maximum's at its best threshold (what an answer
 that followed the map could reach), the share of clean answers, the defect type's weighted F1 (the
 configuration's ``generate`` mode) on the easy part and on all of it, and the train + test time; a
-"mean" row follows each target's seeds, and each setting's runs on every target.
+"mean" row per target over its seeds, and one per setting over every target, close each setting.
 """
 
 from __future__ import annotations
@@ -31,25 +33,35 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "genau_tiny.yaml"
 PARTS = ("easy", "subtle", "all")
 
 
-def train_and_test(overrides: list[str], name: str) -> tuple[dict, Any, float]:
-    """Part metrics of the demo configuration with ``overrides`` (CLI flags), the trained module, seconds."""
-    from anomalib_genau.data.synthetic import read_difficulty
-    from anomalib_genau.evaluation import TestRecorder, part_metrics
+def configured(overrides: list[str], name: str) -> Any:
+    """anomalib's CLI objects (engine, model, datamodule) of the demo configuration with ``overrides``."""
     from anomalib_genau.seeded_cli import SeededAnomalibCLI
 
-    cli = SeededAnomalibCLI(
+    return SeededAnomalibCLI(
         ["train", "--config", str(CONFIG), *overrides, f"--default_root_dir=results/{name}"], run=False
     )
-    engine, model, datamodule = cli.engine, cli.model, cli.datamodule
-    model.visualizer = None  # no pictures: the table is the result
-    target_root = Path(cli.config["train"]["data"]["init_args"]["target_root"])
-    recorder = TestRecorder(target_root)
+
+
+def fit(cli: Any) -> float:
+    """Fit the CLI's model on its datamodule's source; return the seconds."""
+    cli.model.visualizer = None  # no pictures: the table is the result
     start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    engine.trainer.callbacks.append(recorder)
-    engine.test(model=model, datamodule=datamodule, verbose=False)
-    seconds = time.perf_counter() - start
-    return part_metrics(recorder.records, read_difficulty(target_root)), model, seconds
+    cli.engine.fit(model=cli.model, datamodule=cli.datamodule)
+    return time.perf_counter() - start
+
+
+def test(cli: Any, target: Any) -> tuple[dict, float]:
+    """Part metrics of the fitted ``cli``'s model on the target of ``target`` (a CLI's datamodule), and the seconds."""
+    from anomalib_genau.data.synthetic import read_difficulty
+    from anomalib_genau.evaluation import TestRecorder, part_metrics
+
+    target_root = Path(target.config["train"]["data"]["init_args"]["target_root"])
+    recorder = TestRecorder(target_root)
+    cli.engine.trainer.callbacks.append(recorder)
+    start = time.perf_counter()
+    cli.engine.test(model=cli.model, datamodule=target.datamodule, verbose=False)
+    cli.engine.trainer.callbacks.remove(recorder)
+    return part_metrics(recorder.records, read_difficulty(target_root)), time.perf_counter() - start
 
 
 def enter_workdir(workdir: Path) -> None:
@@ -93,22 +105,28 @@ def main() -> None:
         "| map max at its best threshold | clean answers | easy type F1 | all type F1 | train + test |"
     )
     print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
+    names = ["demo" if target is None else target.name for target in targets]
     for index, setting in enumerate(args.settings):
         setting_flags = [f"--{flag(assignment)}" for assignment in setting.split()]
-        setting_rows = []
-        for target in targets:
-            flags = setting_flags + ([] if target is None else [f"--data.target_root={target}"])
-            name = "demo" if target is None else target.name
-            target_rows = []
-            for seed in args.seeds:
-                parts, _, seconds = train_and_test([*flags, f"--seed_everything={seed}"], f"setting{index}_seed{seed}")
-                target_rows.append([*table_values(parts), seconds])
-                print_row(setting, name, str(seed), target_rows[-1])
+        rows: dict[str, list[list[float]]] = {name: [] for name in names}
+        for seed in args.seeds:
+            run = [f"--seed_everything={seed}"]
+            per_target = [[] if target is None else [f"--data.target_root={target}"] for target in targets]
+            cli = configured([*setting_flags, *per_target[0], *run], f"setting{index}_seed{seed}")
+            fit_seconds = fit(cli)
+            for number, (name, target_flags) in enumerate(zip(names, per_target, strict=True)):
+                # a later target's datamodule comes from the same configuration with its root
+                target = cli if number == 0 else configured([*setting_flags, *target_flags, *run], name)
+                parts, test_seconds = test(cli, target)
+                rows[name].append([*table_values(parts), fit_seconds + test_seconds])
+                print_row(setting, name, str(seed), rows[name][-1])
+        for name, target_rows in rows.items():
             if len(target_rows) > 1:
                 print_row(setting, name, "mean", mean_row(target_rows))
-            setting_rows += target_rows
         if len(targets) > 1:
-            print_row(setting, "all targets", "mean", mean_row(setting_rows))
+            print_row(
+                setting, "all targets", "mean", mean_row([row for target_rows in rows.values() for row in target_rows])
+            )
 
 
 def table_values(parts: dict) -> list[float]:
