@@ -13,12 +13,12 @@ root with its ``difficulty.csv`` (``anomalib-genau synthetic-data`` with another
 judged on one target can gain there and not on another. The target does not enter training, so a
 seed's rows on several targets share one fitted model: they are one training, not several. The
 table gives pixel AUROC and the map maximum's image AUROC on the target's easy and subtle parts and
-on all of it, the image AUROC of the model's
-own score on the subtle part and on all of it (the fused score with ``score_fusion=true``), the
-yes/no answer's agreement with the label and the map maximum's at its best threshold (what an answer
-that followed the map could reach), the share of clean answers, the defect type's weighted F1 (the
-configuration's ``generate`` mode) on the easy part and on all of it, and the train + test time; a
-"mean" row per target over its seeds, and one per setting over every target, close each setting.
+on all of it, the image AUROC of the model's own score on the subtle part and on all of it (the
+fused score with ``score_fusion=true``), the yes/no answer's agreement with the label and the map
+maximum's at its best threshold (what an answer that followed the map could reach), the share of
+clean answers, the defect type's weighted F1 (the configuration's ``generate`` mode) on the easy
+part and on all of it, and the fit + test time; a "mean" row per target over its seeds, and one
+per setting over every target, close each setting.
 """
 
 from __future__ import annotations
@@ -102,31 +102,29 @@ def main() -> None:
     columns = [f"{part} {kind}" for part in PARTS for kind in ("pixel", "image")]
     header = (
         "| setting | target | seed | " + " | ".join(columns) + " | subtle score | all score | yes/no agreement "
-        "| map max at its best threshold | clean answers | easy type F1 | all type F1 | train + test |"
+        "| map max at its best threshold | clean answers | easy type F1 | all type F1 | fit + test |"
     )
     print("\n" + header + "\n" + "|---" * (header.count("|") - 1) + "|", flush=True)
     names = ["demo" if target is None else target.name for target in targets]
+    target_flags = [[] if target is None else [f"--data.target_root={target}"] for target in targets]
     for index, setting in enumerate(args.settings):
         setting_flags = [f"--{flag(assignment)}" for assignment in setting.split()]
-        rows: dict[str, list[list[float]]] = {name: [] for name in names}
+        rows: list[list[list[float]]] = [[] for _ in targets]  # per target, one row per seed
         for seed in args.seeds:
-            run = [f"--seed_everything={seed}"]
-            per_target = [[] if target is None else [f"--data.target_root={target}"] for target in targets]
-            cli = configured([*setting_flags, *per_target[0], *run], f"setting{index}_seed{seed}")
+            run = [*setting_flags, f"--seed_everything={seed}"]
+            cli = configured([*run, *target_flags[0]], f"setting{index}_seed{seed}")
             fit_seconds = fit(cli)
-            for number, (name, target_flags) in enumerate(zip(names, per_target, strict=True)):
+            for number, name in enumerate(names):
                 # a later target's datamodule comes from the same configuration with its root
-                target = cli if number == 0 else configured([*setting_flags, *target_flags, *run], name)
+                target = cli if number == 0 else configured([*run, *target_flags[number]], name)
                 parts, test_seconds = test(cli, target)
-                rows[name].append([*table_values(parts), fit_seconds + test_seconds])
-                print_row(setting, name, str(seed), rows[name][-1])
-        for name, target_rows in rows.items():
+                rows[number].append([*table_values(parts), fit_seconds + test_seconds])
+                print_row(setting, name, str(seed), rows[number][-1])
+        for name, target_rows in zip(names, rows, strict=True):
             if len(target_rows) > 1:
                 print_row(setting, name, "mean", mean_row(target_rows))
         if len(targets) > 1:
-            print_row(
-                setting, "all targets", "mean", mean_row([row for target_rows in rows.values() for row in target_rows])
-            )
+            print_row(setting, "all targets", "mean", mean_row([row for target_rows in rows for row in target_rows]))
 
 
 def table_values(parts: dict) -> list[float]:
