@@ -56,6 +56,82 @@ def test_plain_mvtec_trains_one_class_on_its_train_split_and_tests_like_anomalib
     assert all(0.0 <= metrics[name] <= 1.0 for name in ("image_AUROC", "pixel_AUROC"))
 
 
+def test_unusable_files_of_an_anomalib_datamodule_are_skipped_logged_and_counted(
+    tiny_backbone: Path, source_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import csv
+    import json
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from anomalib_genau.data.unusable_files import dropped_samples
+
+    root = tmp_path / "data"
+    shutil.copytree(source_root / "carpet", root / "carpet")
+    for index in range(2):  # two more normal training images, so that two are left usable
+        shutil.copy(
+            root / "carpet" / "test" / "good" / f"{index:03d}.png",
+            root / "carpet" / "train" / "good" / f"1{index:02d}.png",
+        )
+    good = sorted((root / "carpet" / "train" / "good").glob("*.png"))
+    good[0].write_bytes(good[0].read_bytes()[:200])  # truncated
+    gray = np.asarray(Image.open(good[1]).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray).save(good[1])  # 16 bit: anomalib's reader would saturate it to white
+    defects = sorted(path for path in (root / "carpet" / "test").rglob("*.png") if path.parent.name != "good")
+    defects[0].write_bytes(b"not an image")
+    mask = root / "carpet" / "ground_truth" / defects[1].parent.name / f"{defects[1].stem}_mask.png"
+    mask.write_bytes(mask.read_bytes()[:100])
+    torch.manual_seed(0)
+    model = GenAU(backbone=str(tiny_backbone), max_new_tokens=8)
+    trained_on: list[str] = []
+    step = model.training_step
+
+    def recording_step(batch, *args, **kwargs):
+        trained_on.extend(batch.image_path)
+        return step(batch, *args, **kwargs)
+
+    model.training_step = recording_step
+    datamodule = MVTecAD(root=root, category="carpet", train_batch_size=2, eval_batch_size=8, num_workers=0)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with caplog.at_level("WARNING"):
+        engine.fit(model=model, datamodule=datamodule)
+        engine.test(model=model, datamodule=datamodule)
+    assert sorted(set(trained_on)) == sorted(map(str, good[2:]))  # every usable one, no other
+    messages = caplog.text
+    assert f"Skipping {good[0]} of the train split: cannot read the image" in messages
+    assert f"Skipping {good[1]} of the train split: pixels of more than 8 bits (PIL mode I;16)" in messages
+    assert f"cannot read its mask {mask}" in messages
+    broken = sorted(map(str, defects[:2]))
+    assert sorted(sample.path for sample in dropped_samples(datamodule.test_data)) == broken
+    for split in (datamodule.val_data, datamodule.test_data):  # MVTecAD validates on its test split
+        assert not set(split.samples.image_path) & set(broken)
+    assert len(datamodule.test_data) == len(list((root / "carpet" / "test").rglob("*.png"))) - 2
+    report = list(csv.DictReader((Path(engine.trainer.default_root_dir) / "category_report.csv").open()))
+    assert (report[0]["Category"], report[0]["Unreadable"]) == ("carpet", "2")
+    assert int(report[0]["Images"]) == len(datamodule.test_data)
+    engine.predict(model=model, datamodule=datamodule)
+    records = [json.loads(line) for line in (Path(engine.trainer.default_root_dir) / "predictions.jsonl").open()]
+    assert len(records) == len(datamodule.test_data) + 2
+    assert sorted(record["image_path"] for record in records if "error" in record) == broken
+
+
+def test_an_anomalib_split_without_a_usable_file_is_refused_by_name(source_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from anomalib_genau.data.unusable_files import drop_unusable
+
+    root = tmp_path / "data"
+    shutil.copytree(source_root / "carpet", root / "carpet")
+    for path in (root / "carpet" / "train" / "good").glob("*.png"):
+        path.write_bytes(b"")
+    datamodule = MVTecAD(root=root, category="carpet", num_workers=0)
+    datamodule.setup()
+    with pytest.raises(ValueError, match=r"No file of the train split \(\d+\) can be used, e.g. .*cannot read"):
+        drop_unusable(datamodule.train_data, "train", "carpet")
+
+
 def test_cross_dataset_mixes_synthetic_anomalies_into_its_normal_training_images(source_root: Path) -> None:
     from anomalib_genau.data import CrossDataset
 

@@ -67,11 +67,15 @@ class PredictionWriter(Callback):
                 self.count += 1
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Add a line per unreadable file that the readable loaders skipped, and log their count."""
+        """Add a line per file skipped (by a readable loader or from an anomalib split), and log their count."""
         del pl_module
         from anomalib_genau.data.predict import ReadablePrediction
+        from anomalib_genau.data.unusable_files import dropped_samples
 
-        skipped = [sample for cb in trainer.callbacks if isinstance(cb, ReadablePrediction) for sample in cb.unreadable]
+        skipped = dropped_samples(getattr(trainer.datamodule, "test_data", None))
+        skipped += [
+            sample for cb in trainer.callbacks if isinstance(cb, ReadablePrediction) for sample in cb.unreadable
+        ]
         if self.path is None or not skipped:
             return
         with self.path.open("a", encoding="utf-8") as file:

@@ -22,6 +22,7 @@ from anomalib.metrics import AUPRO, AUROC, AnomalibMetric, create_anomalib_metri
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.classification import BinaryAveragePrecision
 
+from anomalib_genau.data.unusable_files import datamodule_category, dropped_samples
 from anomalib_genau.taxonomy import PROVISIONAL_DATASETS
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,9 @@ class CategoryReport(Callback):
     ) -> None:
         """Add the batch to its categories' metrics; finish a category whose batches have passed."""
         del pl_module, batch, batch_idx, dataloader_idx
-        categories = getattr(outputs, "category", None) or [self._default_category(trainer)] * len(outputs.image)
+        categories = getattr(outputs, "category", None) or [datamodule_category(trainer.datamodule)] * len(
+            outputs.image
+        )
         for category in dict.fromkeys(categories):
             rows = [row for row, name in enumerate(categories) if name == category]
             if category != self.streaming and trainer.world_size == 1 and self.streaming is not None:
@@ -156,22 +159,20 @@ class CategoryReport(Callback):
             row.values |= {"Image AUROC": math.nan, "Image AP": math.nan}
 
     @staticmethod
-    def _default_category(trainer: Trainer) -> str:
-        return str(getattr(trainer.datamodule, "category", None) or "all")
-
-    @staticmethod
     def _datasets(trainer: Trainer) -> dict[str, str]:
         """Category -> taxonomy dataset of the test data, where the datamodule says."""
         test_data = getattr(trainer.datamodule, "test_data", None)
         return {part.category: part.taxonomy_key or "" for part in getattr(test_data, "parts", [])}
 
     def _add_skipped(self, trainer: Trainer) -> None:
-        """Count unreadable files (from the loaders) and anomalous images without a mask (from setup)."""
+        """Count unusable files (skipped by the loaders or dropped from an anomalib test split) and masks missing."""
         loaders = trainer.test_dataloaders
-        for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
-            for sample in getattr(loader, "unreadable", []):
-                self.rows.setdefault(sample.category, CategoryRow("", sample.category)).unreadable += 1
         test_data = getattr(trainer.datamodule, "test_data", None)
+        skipped = dropped_samples(test_data)
+        for loader in loaders if isinstance(loaders, list | tuple) else [loaders]:
+            skipped += getattr(loader, "unreadable", [])
+        for sample in skipped:
+            self.rows.setdefault(sample.category, CategoryRow("", sample.category)).unreadable += 1
         for category, count in getattr(test_data, "without_mask", {}).items():
             if category in self.rows:
                 self.rows[category].without_mask = count

@@ -20,6 +20,9 @@ from torchvision.tv_tensors import Image as ImageTensor
 # PIL modes whose pixel values exceed 8 bits: divisor that maps them onto [0, 1].
 _HIGH_BIT_DEPTH = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0}
 
+# What PIL raises for a missing, truncated or undecodable file.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+
 
 class BrokenImageError(OSError):
     """An image file is missing, truncated or not an image."""
@@ -40,15 +43,20 @@ def read_rgb(path: str | Path) -> ImageTensor:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)
             image.load()
-            if image.mode in _HIGH_BIT_DEPTH or image.mode in {"I", "F"}:
+            if is_high_bit_depth(image.mode):
                 gray = _scaled_gray(image)
                 array = np.repeat(gray[..., None], 3, axis=-1)
             else:
                 array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+    except DECODE_ERRORS as error:
         msg = f"Cannot read image {path}: {error}"
         raise BrokenImageError(msg) from error
     return ImageTensor(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float())
+
+
+def is_high_bit_depth(mode: str) -> bool:
+    """Whether a PIL mode holds more than 8 bits a pixel (16-bit, 32-bit integer or float grayscale)."""
+    return mode in _HIGH_BIT_DEPTH or mode in {"I", "F"}
 
 
 def check_patch_size(image: torch.Tensor, patch_size: int, name: str) -> None:

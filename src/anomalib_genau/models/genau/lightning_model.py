@@ -42,6 +42,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from anomalib_genau.data.predict import ReadablePrediction
 from anomalib_genau.data.synthetic_anomalies import SyntheticAnomalies
+from anomalib_genau.data.unusable_files import SkipUnusableFiles
 from anomalib_genau.predictions import PredictionWriter
 from anomalib_genau.report import CategoryReport
 
@@ -202,9 +203,9 @@ class GenAU(AnomalibModule):
         return Evaluator(test_metrics=test_metrics)
 
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """Anomalib's component callbacks, readable predict data, the per-category report and predictions file."""
+        """Anomalib's component callbacks, usable and readable data, the per-category report and predictions file."""
         callbacks = super().configure_callbacks()
-        own = [ReadablePrediction(), CategoryReport(), PredictionWriter()]
+        own = [SkipUnusableFiles(), ReadablePrediction(), CategoryReport(), PredictionWriter()]
         return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), *own]
 
     @classmethod
