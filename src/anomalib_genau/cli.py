@@ -315,7 +315,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     inference = commands.add_parser("infer", help=infer.__doc__)
     inference.add_argument("export", type=Path, help="export folder (or its genau.json)")
-    inference.add_argument("images", type=Path, nargs="+", help="image files, or folders searched for *.png")
+    inference.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        help="image files, or folders (searched recursively, every format anomalib reads)",
+    )
     inference.add_argument(
         "--category", help="product in the prompt; its defect type is asked when the taxonomy has it"
     )

@@ -96,9 +96,8 @@ class CategoryReport(Callback):
     ) -> None:
         """Add the batch to its categories' metrics; finish a category whose batches have passed."""
         del pl_module, batch, batch_idx, dataloader_idx
-        categories = getattr(outputs, "category", None) or [datamodule_category(trainer.datamodule)] * len(
-            outputs.image
-        )
+        default = datamodule_category(trainer.datamodule)
+        categories = getattr(outputs, "category", None) or [default] * len(outputs.image)
         for category in dict.fromkeys(categories):
             rows = [row for row, name in enumerate(categories) if name == category]
             if category != self.streaming and trainer.world_size == 1 and self.streaming is not None:
