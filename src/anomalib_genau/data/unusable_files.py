@@ -29,7 +29,8 @@ from .instruction_dataset import UnreadableSample
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+# The splits each stage reads (anomalib's predict loader is its test loader).
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 # The rows dropped from each dataset: a dataset is checked once, and its count outlives the run
 # (a fit and the test after it share the datamodule's datasets).
@@ -111,10 +112,10 @@ class SkipUnusableFiles(Callback):
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Check every anomalib dataset of the datamodule's train, validation and test splits."""
-        del pl_module, stage
+        """Check the anomalib datasets of the splits that ``stage`` reads (``STAGE_SPLITS``)."""
+        del pl_module
         datamodule = trainer.datamodule
-        for split in SPLITS:
+        for split in STAGE_SPLITS.get(stage, ()):
             dataset = getattr(datamodule, f"{split}_data", None)
             if isinstance(dataset, AnomalibDataset):
                 drop_unusable(dataset, split, datamodule_category(datamodule))
