@@ -5,9 +5,9 @@ one-class training or a test deep in PIL, an anomalous image whose mask is missi
 same way, and ``read_image`` saturates a 16-bit grayscale image to white without a word.
 anomalib offers no hook to skip such a file, so before GenAU trains, tests or predicts on an
 anomalib datamodule (``MVTecAD``, ``Folder``, ...), :class:`SkipUnusableFiles` (a callback)
-decodes each image of its splits once and removes the rows that anomalib would fail on or read
-wrongly. Each is logged; the test split's are counted in the category report's "Unreadable"
-column and a predict run's are listed in ``predictions.jsonl``. GenAU's own datasets
+decodes each image of the splits that the stage reads, once per dataset, and removes the rows
+that anomalib would fail on or read wrongly. Each is logged; the test split's are counted in the
+category report's "Unreadable" column and a predict run's are listed in ``predictions.jsonl``. GenAU's own datasets
 (``CrossDataset``, ``GenAUDataModule``) read with :func:`~.images.read_rgb` and skip per item.
 """
 
@@ -42,12 +42,17 @@ def datamodule_category(datamodule: LightningDataModule | None) -> str:
     return str(getattr(datamodule, "category", None) or "all")
 
 
+def _decoded_mode(path: str) -> str:
+    """Decode a file wholly (a header alone hides truncation) and return its PIL mode; raises ``DECODE_ERRORS``."""
+    with Image.open(path) as image:
+        image.load()
+        return image.mode
+
+
 def unusable_reason(image_path: str, mask_path: object = None, needs_mask: bool = False) -> str | None:
     """Why anomalib's reader would fail on or misread an image (and the mask it needs), or ``None``."""
     try:
-        with Image.open(image_path) as image:
-            image.load()
-            mode = image.mode
+        mode = _decoded_mode(image_path)
     except DECODE_ERRORS as error:
         return f"cannot read the image: {error}"
     if is_high_bit_depth(mode):
@@ -57,8 +62,7 @@ def unusable_reason(image_path: str, mask_path: object = None, needs_mask: bool 
     if not isinstance(mask_path, str) or not mask_path:
         return "an anomalous image without a mask"
     try:
-        with Image.open(mask_path) as mask:
-            mask.load()
+        _decoded_mode(mask_path)
     except DECODE_ERRORS as error:
         return f"cannot read its mask {mask_path}: {error}"
     return None
